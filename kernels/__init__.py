@@ -1,0 +1,9 @@
+"""Numba kernels for deep learning: one file per op family, CPU loop beside CUDA kernel.
+
+Public functions are ``<op>_forward`` / ``<op>_backward``; the device is read from the
+arrays (NumPy -> CPU, CuPy or the simulator's arrays -> CUDA) by :mod:`kernels.device`.
+"""
+from .device import (CPU, CUDA, SIMULATOR, SimCudaArray, array_module, cuda_available,  # noqa: F401
+                     device_of, devices, synchronize, to_device, to_host)
+from .report import doctor, report  # noqa: F401
+from .activation import *  # noqa: F401,F403

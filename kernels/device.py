@@ -1,0 +1,281 @@
+"""Devices: the one place that decides where an array lives and how kernels reach it.
+
+Two devices exist:
+
+* ``"cpu"``  - NumPy arrays; kernels are ``@njit(parallel=True, cache=True)`` loops.
+* ``"cuda"`` - CuPy arrays on a real GPU; kernels are ``@cuda.jit`` and are launched on
+  CuPy's current stream.  With ``NUMBA_ENABLE_CUDASIM=1`` and no GPU, ``"cuda"`` still
+  exists: arrays are :class:`SimCudaArray` (a NumPy subclass that marks "this lives on the
+  simulated GPU") and the very same ``@cuda.jit`` kernels run on Numba's simulator.  Code
+  above the kernels cannot tell the two apart: it asks :func:`array_module` for ``xp`` and
+  :func:`launch` for a kernel launch.
+
+Nothing outside this file asks which device it is on; everything goes through
+:func:`device_of`.
+"""
+from __future__ import annotations
+
+import os
+import types
+
+import numpy as np
+
+# With CuPy arrays Numba would otherwise synchronise every argument's stream on every launch.
+# We launch on CuPy's current stream ourselves, so that synchronisation is redundant.
+os.environ.setdefault("NUMBA_CUDA_ARRAY_INTERFACE_SYNC", "0")
+
+from numba import cuda  # noqa: E402  (must follow the environment setting above)
+
+CPU = "cpu"
+CUDA = "cuda"
+
+# numba.cuda reads the same variable when it is first imported, so the two always agree.
+SIMULATOR = os.environ.get("NUMBA_ENABLE_CUDASIM", "0") == "1"
+
+_cupy = None
+_cupy_error = None
+if not SIMULATOR:
+    try:
+        import cupy as _cupy  # noqa: F401
+    except Exception as exc:  # ImportError, or a CUDA runtime that fails to load
+        _cupy, _cupy_error = None, f"{type(exc).__name__}: {exc}"
+else:
+    _cupy_error = "not used under the CUDA simulator (NUMBA_ENABLE_CUDASIM=1)"
+
+
+class SimCudaArray(np.ndarray):
+    """A NumPy array that stands for device memory under the CUDA simulator.
+
+    NumPy keeps the subclass through ufuncs, slicing and most functions, so ``xp`` code
+    written for CuPy runs unchanged and :func:`device_of` still reports ``"cuda"``.
+    """
+
+    def __array_finalize__(self, obj):  # nothing to carry; the class itself is the mark
+        pass
+
+    def __array_wrap__(self, arr, context=None, return_scalar=False):
+        # 0-d results of reductions come back as NumPy scalars, like CuPy's 0-d arrays
+        # behave under float(); keep arrays on the simulated device.
+        if return_scalar:
+            return arr[()]
+        return np.asarray(arr).view(SimCudaArray)
+
+    def get(self):
+        """CuPy's ``ndarray.get()``: a host (NumPy) copy."""
+        return np.array(self, copy=True).view(np.ndarray)
+
+
+def _sim_wrap(value):
+    if type(value) is np.ndarray:
+        return value.view(SimCudaArray)
+    if isinstance(value, tuple):
+        return tuple(_sim_wrap(v) for v in value)
+    if isinstance(value, list):
+        return [_sim_wrap(v) for v in value]
+    return value
+
+
+class _SimArrayModule(types.ModuleType):
+    """``xp`` for the simulated GPU: NumPy whose array results are :class:`SimCudaArray`."""
+
+    def __init__(self):
+        super().__init__("simulated_cupy")
+        self.ndarray = SimCudaArray
+        self.random = _SimSubmodule(np.random)
+        self.linalg = _SimSubmodule(np.linalg)
+
+    def __getattr__(self, name):
+        return _sim_attr(np, name)
+
+    def asnumpy(self, a):
+        return to_host(a)
+
+
+class _SimSubmodule:
+    def __init__(self, module):
+        self._module = module
+
+    def __getattr__(self, name):
+        return _sim_attr(self._module, name)
+
+
+def _sim_attr(module, name):
+    attr = getattr(module, name)
+    if callable(attr) and not isinstance(attr, type):
+        def wrapped(*args, **kwargs):
+            return _sim_wrap(attr(*args, **kwargs))
+        wrapped.__name__ = name
+        wrapped.__doc__ = attr.__doc__
+        return wrapped
+    return attr
+
+
+_SIM_XP = _SimArrayModule() if SIMULATOR else None
+
+
+def cuda_available() -> bool:
+    """True when the ``"cuda"`` device can be used: a GPU with CuPy, or the simulator."""
+    if SIMULATOR:
+        return True
+    if _cupy is None:
+        return False
+    try:
+        return cuda.is_available() and _cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:
+        return False
+
+
+def devices() -> list[str]:
+    """Names of the devices available in this process, ``"cpu"`` first."""
+    return [CPU, CUDA] if cuda_available() else [CPU]
+
+
+def _device_of_one(a):
+    if isinstance(a, SimCudaArray):
+        return CUDA
+    if isinstance(a, np.ndarray):
+        return CPU
+    if _cupy is not None and isinstance(a, _cupy.ndarray):
+        return CUDA
+    return None
+
+
+def device_of(*arrays, names=None) -> str:
+    """The device all ``arrays`` live on; ``None`` entries are ignored.
+
+    Raises ``TypeError`` for something that is not an array, and ``ValueError`` naming both
+    devices when the arrays live on different ones.  ``names`` (same length) labels the
+    arrays in the messages.
+    """
+    names = names or [f"argument {i}" for i in range(len(arrays))]
+    found = None
+    found_name = None
+    for name, a in zip(names, arrays):
+        if a is None:
+            continue
+        dev = _device_of_one(a)
+        if dev is None:
+            raise TypeError(f"{name}: expected a NumPy or CuPy array, got {type(a).__name__}")
+        if found is None:
+            found, found_name = dev, name
+        elif dev != found:
+            raise ValueError(f"arrays on different devices: {found_name} is on {found!r} "
+                             f"but {name} is on {dev!r}; move them with to_device() first")
+    if found is None:
+        raise TypeError("device_of() needs at least one array")
+    return found
+
+
+def _check_device_name(device):
+    if device not in (CPU, CUDA):
+        raise ValueError(f"device: expected 'cpu' or 'cuda', got {device!r}")
+    if device == CUDA and not cuda_available():
+        raise ValueError("device: 'cuda' is not available here (no GPU with CuPy, and the "
+                         "simulator is off; set NUMBA_ENABLE_CUDASIM=1 to use the simulator). "
+                         f"Available: {devices()}")
+
+
+def array_module(device):
+    """``numpy`` for ``"cpu"``; ``cupy`` (or its simulated stand-in) for ``"cuda"``."""
+    _check_device_name(device)
+    if device == CPU:
+        return np
+    return _SIM_XP if SIMULATOR else _cupy
+
+
+def to_device(a, device):
+    """A copy of ``a`` on ``device`` (``a`` itself when it is already there)."""
+    _check_device_name(device)
+    if _device_of_one(a) == device:
+        return a
+    host = to_host(a) if _device_of_one(a) is not None else np.asarray(a)
+    if device == CPU:
+        return host
+    if SIMULATOR:
+        return np.array(host, copy=True).view(SimCudaArray)
+    return _cupy.asarray(host)
+
+
+def to_host(a):
+    """A NumPy array with the values of ``a`` (no copy when ``a`` is already on the CPU)."""
+    if isinstance(a, SimCudaArray):
+        return np.array(a, copy=True).view(np.ndarray)
+    if isinstance(a, np.ndarray):
+        return a
+    if _cupy is not None and isinstance(a, _cupy.ndarray):
+        return _cupy.asnumpy(a)
+    return np.asarray(a)
+
+
+def synchronize(device=CUDA):
+    """Wait for queued GPU work (a no-op on the CPU and the simulator)."""
+    if device == CUDA and not SIMULATOR and _cupy is not None:
+        _cupy.cuda.get_current_stream().synchronize()
+
+
+def _kernel_args(args):
+    # The simulator wants plain ndarrays; a real GPU takes CuPy arrays as they are.
+    if SIMULATOR:
+        return tuple(a.view(np.ndarray) if isinstance(a, SimCudaArray) else a for a in args)
+    return args
+
+
+def launch(kernel, n_threads, *args, block=256):
+    """Launch a 1-D ``@cuda.jit`` kernel with at least ``n_threads`` threads.
+
+    On a GPU it runs on CuPy's current stream, so it orders correctly with CuPy's own work.
+    """
+    if n_threads <= 0:
+        return
+    grid = (n_threads + block - 1) // block
+    if SIMULATOR:
+        kernel[grid, block](*_kernel_args(args))
+    else:
+        stream = cuda.external_stream(_cupy.cuda.get_current_stream().ptr)
+        kernel[grid, block, stream](*args)
+
+
+def launch_2d(kernel, shape, *args, block=(16, 16)):
+    """Launch a 2-D ``@cuda.jit`` kernel covering ``shape = (rows, cols)`` threads."""
+    rows, cols = shape
+    if rows <= 0 or cols <= 0:
+        return
+    grid = ((rows + block[0] - 1) // block[0], (cols + block[1] - 1) // block[1])
+    if SIMULATOR:
+        kernel[grid, block](*_kernel_args(args))
+    else:
+        stream = cuda.external_stream(_cupy.cuda.get_current_stream().ptr)
+        kernel[grid, block, stream](*args)
+
+
+def cupy_status() -> str:
+    """CuPy's version, or why it is not in use."""
+    if _cupy is not None:
+        return _cupy.__version__
+    return f"not available ({_cupy_error})"
+
+
+def gpu_name() -> str:
+    """The GPU's name, ``"simulator"``, or ``"none"``."""
+    if SIMULATOR:
+        return "simulator"
+    if not cuda_available():
+        return "none"
+    try:
+        props = _cupy.cuda.runtime.getDeviceProperties(0)
+        name = props["name"]
+        return name.decode() if isinstance(name, bytes) else str(name)
+    except Exception as exc:  # pragma: no cover - only on a broken GPU setup
+        return f"unknown ({exc})"
+
+
+def dispatch(device, cpu_kernel, cuda_kernel, n_threads, *args):
+    """Run ``cpu_kernel(*args)`` on the CPU, or launch ``cuda_kernel`` with ``n_threads``.
+
+    Kernel launchers call this once the arguments are validated and the outputs allocated;
+    it is the only ``if device`` a kernel file needs.
+    """
+    if device == CPU:
+        cpu_kernel(*args)
+    else:
+        launch(cuda_kernel, n_threads, *args)

@@ -1,0 +1,42 @@
+"""Shared fixtures: the device axis, dtypes, and the simulator's size limits.
+
+``pytest`` runs the CPU cases; CUDA cases (marked ``cuda``) skip unless a GPU or the
+simulator is present.  ``NUMBA_ENABLE_CUDASIM=1 pytest -m cuda`` runs them on the simulator.
+"""
+import numpy as np
+import pytest
+
+import kernels
+
+CUDA_PARAM = pytest.param("cuda", marks=pytest.mark.cuda, id="cuda")
+
+
+@pytest.fixture(params=["cpu", CUDA_PARAM])
+def device(request):
+    if request.param not in kernels.devices():
+        pytest.skip("no CUDA device: no GPU with CuPy, and NUMBA_ENABLE_CUDASIM is not set")
+    return request.param
+
+
+@pytest.fixture
+def cuda_device():
+    """For tests that compare the CPU with the CUDA path: mark them ``@pytest.mark.cuda``."""
+    if "cuda" not in kernels.devices():
+        pytest.skip("no CUDA device: no GPU with CuPy, and NUMBA_ENABLE_CUDASIM is not set")
+    return "cuda"
+
+
+@pytest.fixture(params=[np.float32, np.float64], ids=["f32", "f64"])
+def dtype(request):
+    return request.param
+
+
+@pytest.fixture
+def simulated():
+    """True under the CUDA simulator: keep launches to a few thousand threads."""
+    return kernels.SIMULATOR
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)
