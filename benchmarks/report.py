@@ -147,6 +147,8 @@ def roofline(rows, path):
         ax.plot(xs, np.minimum(peak, bw * xs), "k--",
                 label=f"roof: {bw:.0f} GB/s, {peak:.0f} GFLOP/s")
         ax.legend()
+        perfs = [r["flops"] / r["median"] / 1e9 for r in points] + [peak, bw * lo]
+        ax.set_ylim(min(perfs) / 2, max(perfs) * 2)
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("arithmetic intensity (FLOP / byte)")

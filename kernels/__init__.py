@@ -7,3 +7,8 @@ from .device import (CPU, CUDA, SIMULATOR, SimCudaArray, array_module, cuda_avai
                      device_of, devices, synchronize, to_device, to_host)
 from .report import doctor, report  # noqa: F401
 from .activation import *  # noqa: F401,F403
+from .softmax import *  # noqa: F401,F403
+from .loss import *  # noqa: F401,F403
+from .optim import *  # noqa: F401,F403
+from .pool import *  # noqa: F401,F403
+from .conv import *  # noqa: F401,F403

@@ -99,7 +99,10 @@ def gradcheck(forward, backward, inputs, *, wrt=None, eps=1e-5, tol=1e-6, floor=
     def run(values):
         dev = [to_device(v, device) if isinstance(v, np.ndarray) else v for v in values]
         out = forward(*dev)
-        return to_host(out) if hasattr(out, "dtype") else np.asarray(out, dtype=np.float64)
+        # A copy: the output may be a view of the input (Identity, Flatten), which the
+        # perturbation loop changes in place.
+        return (np.array(to_host(out), copy=True) if hasattr(out, "dtype")
+                else np.asarray(out, dtype=np.float64))
 
     y = run(host)
     rng = np.random.default_rng(seed)
@@ -156,7 +159,7 @@ def gradcheck_module(module, x, *, eps=1e-5, tol=1e-6, floor=1e-8, seed=0,
 
     def out():
         y = module.forward(to_device(x_host, device))
-        return to_host(y)
+        return np.array(to_host(y), copy=True)  # y may be a view of x (Identity, Flatten)
 
     y = out()
     rng = np.random.default_rng(seed)

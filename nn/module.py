@@ -86,6 +86,11 @@ class Module:
         if "_parameters" not in self.__dict__:
             raise AttributeError(f"{type(self).__name__}.__init__ must call super().__init__() "
                                  f"before setting attributes")
+        if name in self._buffers and not isinstance(value, (Parameter, Module)):
+            # Assigning to a registered buffer (``self.running_mean = ...``) keeps it a buffer,
+            # as in torch; otherwise it would silently drop out of the state dict.
+            self._set_buffer(name, value)
+            return
         for table in (self._parameters, self._buffers, self._modules):
             table.pop(name, None)
         if isinstance(value, Parameter):
@@ -228,10 +233,13 @@ class Module:
     def state_dict(self):
         """Parameters and buffers by dotted name (torch's keys), as host NumPy copies."""
         state = OrderedDict()
-        for name, p in self.named_parameters():
-            state[name] = kernels.to_host(p.data).copy()
-        for name, b in self.named_buffers():
-            state[name] = kernels.to_host(b).copy()
+        # torch's order: each module's own parameters, then its own buffers, then its children.
+        for mname, m in self.named_modules():
+            prefix = f"{mname}." if mname else ""
+            for name, p in m._parameters.items():
+                state[prefix + name] = kernels.to_host(p.data).copy()
+            for name, b in m._buffers.items():
+                state[prefix + name] = kernels.to_host(b).copy()
         return state
 
     def load_state_dict(self, state, strict=True):

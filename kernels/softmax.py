@@ -1,0 +1,243 @@
+"""Softmax and log-softmax over the last axis of a 2-D array, forward and backward.
+
+    x, y, grad_y, grad_x: (N, K), float32 or float64; each row is one distribution.
+
+    softmax       y_k = exp(x_k - m) / s,        m = max_j x_j,  s = sum_j exp(x_j - m)
+                  grad_x = y * (grad_y - sum_k grad_y_k y_k)
+    log_softmax   y_k = (x_k - m) - log(s)
+                  grad_x = grad_y - exp(y) * sum_k grad_y_k
+
+The backward passes take the forward's output ``y``.  Shifting by the row maximum keeps every
+exponential in (0, 1], so nothing overflows, and the maximum's own term is exactly 1:
+log_softmax([1000, 0, -1000]) is exactly [0, -1000, -2000].
+
+CPU: one loop iteration per row (``prange``).  CUDA: a first kernel with one thread per row
+computes the row's statistics (m and s, or the dot product), then one thread per element
+writes the output from them.  Every output element is written once, and every sum is a
+sequential loop of fixed order, so results are deterministic.
+"""
+from __future__ import annotations
+
+import math
+
+from numba import cuda, njit, prange
+
+from . import fastmath as fm
+from .checks import check_float, check_floats, check_same_shape, contiguous
+from .device import CPU, array_module, launch
+
+__all__ = ["softmax_forward", "softmax_backward", "log_softmax_forward", "log_softmax_backward"]
+
+# Same flags as kernels/activation.py: no zero-division test, fused multiply-adds.
+_cpu = njit(parallel=True, cache=True, error_model="numpy", fastmath={"contract"})
+
+
+# ---------------------------------------------------------------- row helpers (CPU)
+@njit(cache=True, error_model="numpy", fastmath={"reassoc", "contract"})
+def _row_sum(a):
+    # reassoc lets LLVM keep several partial sums in vector lanes: a fixed order, decided at
+    # compile time, so still deterministic.  Kept out of the kernels so the flag stays here.
+    s = a.dtype.type(0)
+    for k in range(a.size):
+        s += a[k]
+    return s
+
+
+@njit(cache=True, error_model="numpy", fastmath={"reassoc", "contract"})
+def _row_dot(a, b):
+    s = a.dtype.type(0)
+    for k in range(a.size):
+        s += a[k] * b[k]
+    return s
+
+
+@njit(cache=True)
+def _row_max(a):
+    # NaN may be skipped here; it still reaches every output through exp(NaN - m) and s.
+    m = a[0]
+    for k in range(1, a.size):
+        v = a[k]
+        m = v if v > m else m
+    return m
+
+
+@njit(cache=True, error_model="numpy", fastmath={"contract"})
+def _exp_shifted(out, x, m):
+    """out = exp(x - m); returns the row's maximum-shifted sum of exponentials."""
+    for k in range(x.size):
+        out[k] = fm.exp(x[k] - m)
+    return _row_sum(out)
+
+
+# ---------------------------------------------------------------- forward
+@_cpu
+def _softmax_forward_cpu(y, x):
+    for n in prange(x.shape[0]):
+        m = _row_max(x[n])
+        s = _exp_shifted(y[n], x[n], m)
+        for k in range(x.shape[1]):
+            y[n, k] = y[n, k] / s
+
+
+@_cpu
+def _log_softmax_forward_cpu(y, x):
+    for n in prange(x.shape[0]):
+        m = _row_max(x[n])
+        log_s = math.log(_exp_shifted(y[n], x[n], m))
+        for k in range(x.shape[1]):
+            y[n, k] = (x[n, k] - m) - log_s
+
+
+@cuda.jit(cache=True)
+def _row_max_sum_cuda(m_out, s_out, x):
+    n = cuda.grid(1)
+    if n < x.shape[0]:
+        m = x[n, 0]
+        for k in range(1, x.shape[1]):
+            v = x[n, k]
+            m = v if v > m else m
+        s = x.dtype.type(0)
+        for k in range(x.shape[1]):
+            s += math.exp(x[n, k] - m)
+        m_out[n] = m
+        s_out[n] = s
+
+
+@cuda.jit(cache=True)
+def _softmax_forward_cuda(y, x, m, s):
+    i = cuda.grid(1)
+    if i < x.size:
+        n = i // x.shape[1]
+        k = i - n * x.shape[1]
+        y[n, k] = math.exp(x[n, k] - m[n]) / s[n]
+
+
+@cuda.jit(cache=True)
+def _log_softmax_forward_cuda(y, x, m, s):
+    i = cuda.grid(1)
+    if i < x.size:
+        n = i // x.shape[1]
+        k = i - n * x.shape[1]
+        y[n, k] = (x[n, k] - m[n]) - math.log(s[n])
+
+
+# ---------------------------------------------------------------- backward
+@_cpu
+def _softmax_backward_cpu(grad_x, grad_y, y):
+    for n in prange(y.shape[0]):
+        dot = _row_dot(grad_y[n], y[n])
+        for k in range(y.shape[1]):
+            grad_x[n, k] = y[n, k] * (grad_y[n, k] - dot)
+
+
+@_cpu
+def _log_softmax_backward_cpu(grad_x, grad_y, y):
+    for n in prange(y.shape[0]):
+        total = _row_sum(grad_y[n])
+        for k in range(y.shape[1]):
+            grad_x[n, k] = grad_y[n, k] - fm.exp(y[n, k]) * total
+
+
+@cuda.jit(cache=True)
+def _row_dot_cuda(out, a, b):
+    n = cuda.grid(1)
+    if n < a.shape[0]:
+        s = a.dtype.type(0)
+        for k in range(a.shape[1]):
+            s += a[n, k] * b[n, k]
+        out[n] = s
+
+
+@cuda.jit(cache=True)
+def _row_sum_cuda(out, a):
+    n = cuda.grid(1)
+    if n < a.shape[0]:
+        s = a.dtype.type(0)
+        for k in range(a.shape[1]):
+            s += a[n, k]
+        out[n] = s
+
+
+@cuda.jit(cache=True)
+def _softmax_backward_cuda(grad_x, grad_y, y, dot):
+    i = cuda.grid(1)
+    if i < y.size:
+        n = i // y.shape[1]
+        k = i - n * y.shape[1]
+        grad_x[n, k] = y[n, k] * (grad_y[n, k] - dot[n])
+
+
+@cuda.jit(cache=True)
+def _log_softmax_backward_cuda(grad_x, grad_y, y, total):
+    i = cuda.grid(1)
+    if i < y.size:
+        n = i // y.shape[1]
+        k = i - n * y.shape[1]
+        grad_x[n, k] = grad_y[n, k] - math.exp(y[n, k]) * total[n]
+
+
+# ---------------------------------------------------------------- launchers
+def _forward(cpu_kernel, cuda_kernel, x):
+    check_float("x", x, ndim=2)
+    device = check_floats(x=x)
+    xp = array_module(device)
+    x = contiguous(xp, x)
+    y = xp.empty_like(x)
+    if x.size == 0:
+        return y
+    if device == CPU:
+        cpu_kernel(y, x)
+    else:
+        m = xp.empty(x.shape[0], dtype=x.dtype)
+        s = xp.empty(x.shape[0], dtype=x.dtype)
+        launch(_row_max_sum_cuda, x.shape[0], m, s, x)
+        launch(cuda_kernel, x.size, y, x, m, s)
+    return y
+
+
+def _prepare_backward(grad_y, y):
+    check_float("grad_y", grad_y, ndim=2)
+    check_float("y", y, ndim=2)
+    device = check_floats(grad_y=grad_y, y=y)
+    check_same_shape("grad_y", grad_y, "y", y)
+    xp = array_module(device)
+    grad_y, y = contiguous(xp, grad_y), contiguous(xp, y)
+    return device, xp, grad_y, y, xp.empty_like(y)
+
+
+def softmax_forward(x):
+    """Softmax of each row of ``x`` (N, K)."""
+    return _forward(_softmax_forward_cpu, _softmax_forward_cuda, x)
+
+
+def softmax_backward(grad_y, y):
+    """``y * (grad_y - rowsum(grad_y * y))`` from the forward's output ``y``."""
+    device, xp, grad_y, y, grad_x = _prepare_backward(grad_y, y)
+    if y.size == 0:
+        return grad_x
+    if device == CPU:
+        _softmax_backward_cpu(grad_x, grad_y, y)
+    else:
+        dot = xp.empty(y.shape[0], dtype=y.dtype)
+        launch(_row_dot_cuda, y.shape[0], dot, grad_y, y)
+        launch(_softmax_backward_cuda, y.size, grad_x, grad_y, y, dot)
+    return grad_x
+
+
+def log_softmax_forward(x):
+    """Log-softmax of each row of ``x`` (N, K)."""
+    return _forward(_log_softmax_forward_cpu, _log_softmax_forward_cuda, x)
+
+
+def log_softmax_backward(grad_y, y):
+    """``grad_y - exp(y) * rowsum(grad_y)`` from the forward's output ``y``."""
+    device, xp, grad_y, y, grad_x = _prepare_backward(grad_y, y)
+    if y.size == 0:
+        return grad_x
+    if device == CPU:
+        _log_softmax_backward_cpu(grad_x, grad_y, y)
+    else:
+        total = xp.empty(y.shape[0], dtype=y.dtype)
+        launch(_row_sum_cuda, y.shape[0], total, grad_y)
+        launch(_log_softmax_backward_cuda, y.size, grad_x, grad_y, y, total)
+    return grad_x

@@ -1,0 +1,143 @@
+"""Linear (fully connected) layer and shape-only layers: Identity, Flatten, Unflatten.
+
+Linear, on ``x`` of shape ``(*, in_features)`` with ``weight (out_features, in_features)``:
+
+    y      = x @ W.T + b                      (*, out_features)
+    grad_x = grad_y @ W                       (*, in_features)
+    grad_W = sum over rows of grad_y.T @ x    (out_features, in_features)
+    grad_b = sum over rows of grad_y          (out_features,)
+
+The products go to BLAS / cuBLAS through the array module.
+"""
+from __future__ import annotations
+
+import math
+
+import kernels as K
+
+from . import init
+from ._checks import check_input, new_parameter_array, place
+from .module import Module, Parameter
+
+__all__ = ["Linear", "Identity", "Flatten", "Unflatten"]
+
+
+class Linear(Module):
+    """y = x @ weight.T + bias; torch's layout and default initialisation."""
+
+    def __init__(self, in_features, out_features, bias=True, device=None, dtype=None):
+        super().__init__()
+        self.in_features = int(in_features)
+        self.out_features = int(out_features)
+        self.weight = Parameter(new_parameter_array((self.out_features, self.in_features),
+                                                    dtype, device))
+        self.bias = (Parameter(new_parameter_array((self.out_features,), dtype, device))
+                     if bias else None)
+        self.reset_parameters()
+        place(self, device)
+
+    def reset_parameters(self, generator=None):
+        """torch's default: kaiming_uniform_(a=sqrt(5)) weight, U(+-1/sqrt(in_features)) bias."""
+        init._default_layer_init(self.weight, self.bias, generator)
+
+    def forward(self, x):
+        if getattr(x, "ndim", 1) == 0:
+            raise ValueError("Linear: x must have at least 1 dimension, got a scalar")
+        device = check_input(self, x, channels=self.in_features, channel_axis=-1)
+        xp = K.array_module(device)
+        y = xp.matmul(x, self.weight.data.T)
+        if self.bias is not None:
+            y += self.bias.data
+        self.save_for_backward(x)
+        return y
+
+    def backward(self, grad_y):
+        x = self.saved_tensors()
+        xp = K.array_module(K.device_of(grad_y))
+        w = self.weight
+        if w.requires_grad:
+            g2 = grad_y.reshape(-1, self.out_features)
+            x2 = x.reshape(-1, self.in_features)
+            w.accumulate(xp.matmul(g2.T, x2))
+        if self.bias is not None and self.bias.requires_grad:
+            self.bias.accumulate(grad_y.reshape(-1, self.out_features).sum(axis=0))
+        return xp.matmul(grad_y, w.data)
+
+    def extra_repr(self):
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={self.bias is not None}")
+
+
+class Identity(Module):
+    """y = x (the same array); grad_x = grad_y."""
+
+    def __init__(self, *args, **kwargs):  # torch ignores its arguments too
+        super().__init__()
+
+    def forward(self, x):
+        self.save_for_backward(True)
+        return x
+
+    def backward(self, grad_y):
+        self.saved_tensors()
+        return grad_y
+
+
+def _axis(dim, ndim, what):
+    if not -ndim <= dim < ndim:
+        raise ValueError(f"{what}={dim} is out of range for a {ndim}-D input")
+    return dim % ndim
+
+
+class Flatten(Module):
+    """Merge dimensions ``start_dim..end_dim`` into one (a view); backward restores the shape."""
+
+    def __init__(self, start_dim=1, end_dim=-1):
+        super().__init__()
+        self.start_dim = int(start_dim)
+        self.end_dim = int(end_dim)
+
+    def forward(self, x):
+        if x.ndim == 0:
+            return self._keep(x, x.reshape(1))
+        start = _axis(self.start_dim, x.ndim, "Flatten: start_dim")
+        end = _axis(self.end_dim, x.ndim, "Flatten: end_dim")
+        if start > end:
+            raise ValueError(f"Flatten: start_dim ({self.start_dim}) comes after end_dim "
+                             f"({self.end_dim}) for a {x.ndim}-D input")
+        shape = x.shape[:start] + (math.prod(x.shape[start:end + 1]),) + x.shape[end + 1:]
+        return self._keep(x, x.reshape(shape))
+
+    def _keep(self, x, y):
+        self.save_for_backward(tuple(x.shape))
+        return y
+
+    def backward(self, grad_y):
+        return grad_y.reshape(self.saved_tensors())
+
+    def extra_repr(self):
+        return f"start_dim={self.start_dim}, end_dim={self.end_dim}"
+
+
+class Unflatten(Module):
+    """Split dimension ``dim`` into ``unflattened_size``; backward merges it back."""
+
+    def __init__(self, dim, unflattened_size):
+        super().__init__()
+        self.dim = int(dim)
+        self.unflattened_size = tuple(int(s) for s in unflattened_size)
+
+    def forward(self, x):
+        dim = _axis(self.dim, x.ndim, "Unflatten: dim")
+        if math.prod(self.unflattened_size) != x.shape[dim]:
+            raise ValueError(f"Unflatten: unflattened_size {self.unflattened_size} does not "
+                             f"multiply to {x.shape[dim]}, the size of axis {self.dim} of an "
+                             f"input of shape {tuple(x.shape)}")
+        self.save_for_backward(tuple(x.shape))
+        return x.reshape(x.shape[:dim] + self.unflattened_size + x.shape[dim + 1:])
+
+    def backward(self, grad_y):
+        return grad_y.reshape(self.saved_tensors())
+
+    def extra_repr(self):
+        return f"dim={self.dim}, unflattened_size={self.unflattened_size}"

@@ -1,0 +1,369 @@
+"""The fit loop: epochs of mini-batch training, validation, metrics, early stopping, checkpoints.
+
+One epoch is: for each training batch, ``y = model(x)``, ``loss = loss_fn(y, target)``,
+``model.backward(loss_fn.backward())``, ``optimizer.step()``; then one pass over the
+validation data in eval mode, one schedule step, the history row, and a checkpoint.
+
+A checkpoint (written atomically with :func:`nn.save` every epoch) holds everything the
+next epoch depends on: model and optimizer state, the schedule, the epoch, the history, the
+early-stopping state with the best weights so far, and the RNG states (the training
+loader's shuffling generator, every module's own generator such as Dropout's, and
+:mod:`nn.init`'s default generator).  Resuming from it continues exactly as if the run had
+never stopped: on the CPU the parameters come out bitwise identical for the same seed.
+
+Targets: ``task="classification"`` trains on the loader's labels and reports accuracy;
+``task="reconstruction"`` trains the model to reproduce its input (autoencoders).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import sys
+import time
+
+import numpy as np
+
+import kernels
+
+from . import init as nn_init
+
+__all__ = ["Trainer", "fit", "evaluate", "NonFiniteLossError", "CHECKPOINT_NAME",
+           "TRAIN_FORMAT", "TASKS"]
+
+CHECKPOINT_NAME = "checkpoint.npz"
+TASKS = ("classification", "reconstruction")
+TRAIN_FORMAT = "nn.train/1"
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Training met a NaN/inf loss (or parameters); nothing non-finite was written to disk."""
+
+
+def _is_plateau(scheduler):
+    # ReduceLROnPlateau is the one schedule whose step() takes the monitored metric.
+    return type(scheduler).__name__ == "ReduceLROnPlateau"
+
+
+def _current_lr(optimizer):
+    return float(optimizer.param_groups[0]["lr"])
+
+
+def _write_atomic(path, text):
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        with open(tmp, "w", newline="") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _progress(total, desc, enabled):
+    """A tqdm bar on stderr, or None when quiet or when stderr is not a terminal."""
+    if not enabled or not sys.stderr.isatty():
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, desc=desc, unit="batch", leave=False, file=sys.stderr,
+                dynamic_ncols=True)
+
+
+def evaluate(model, loader, loss_fn, task="classification", num_classes=None):
+    """Mean loss, and for classification accuracy and the confusion matrix, over ``loader``.
+
+    Runs in eval mode and restores the model's previous mode.  The confusion matrix has the
+    true class on rows and the predicted class on columns (``num_classes`` x ``num_classes``,
+    from the largest label or logit index seen when not given).
+    """
+    was_training = model.training
+    model.eval()
+    total_loss, total, correct = 0.0, 0, 0
+    pairs = []
+    try:
+        for x, y in loader:
+            out = model(x)
+            target = x if task == "reconstruction" else y
+            loss = float(loss_fn(out, target))
+            n = len(x)
+            total_loss += loss * n
+            total += n
+            if task == "classification":
+                xp = kernels.array_module(kernels.device_of(out))
+                pred = xp.argmax(out, axis=1)
+                correct += int((pred == y).sum())
+                pairs.append((kernels.to_host(y), kernels.to_host(pred)))
+                if num_classes is None or out.shape[1] > num_classes:
+                    num_classes = int(out.shape[1])
+    finally:
+        model.train(was_training)
+    result = {"loss": total_loss / max(total, 1), "samples": total}
+    if task == "classification":
+        confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
+        for y, pred in pairs:
+            np.add.at(confusion, (y, pred), 1)
+        result["accuracy"] = correct / max(total, 1)
+        result["confusion"] = confusion
+    return result
+
+
+class Trainer:
+    """Trains ``model`` with ``loss_fn`` and ``optimizer`` (and an optional LR ``scheduler``).
+
+    ``run_dir``: where the checkpoint and the metrics (``metrics.csv``, ``metrics.json``)
+    go each epoch (None: keep everything in memory).  ``patience``: stop when the
+    validation loss has not improved for that many epochs (None: never stop early).
+    ``restore_best``: end with the weights of the epoch with the best validation loss.
+    ``quiet``: no progress bar and no per-epoch lines (``log`` prints those lines).
+    ``config``: a JSON-able dict stored in every checkpoint (how to rebuild the run).
+    """
+
+    def __init__(self, model, loss_fn, optimizer, scheduler=None, *, task="classification",
+                 run_dir=None, patience=None, restore_best=True, quiet=False, config=None,
+                 log=print):
+        if task not in TASKS:
+            raise ValueError(f"task: expected one of {TASKS}, got {task!r}")
+        if patience is not None and (isinstance(patience, bool) or int(patience) != patience
+                                     or patience < 1):
+            raise ValueError(f"patience: expected a positive integer or None, got {patience!r}")
+        self.model = model
+        self.loss_fn = loss_fn
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.task = task
+        self.run_dir = None if run_dir is None else os.fspath(run_dir)
+        self.patience = None if patience is None else int(patience)
+        self.restore_best = restore_best
+        self.quiet = quiet
+        self.config = dict(config or {})
+        self.log = log
+        self.history = []
+        self.epoch = 0
+        self.best_epoch = None
+        self.best_val_loss = math.inf
+        self.best_state = None
+        self.bad_epochs = 0
+        self.stopped_early = False
+        if self.run_dir is not None:
+            os.makedirs(self.run_dir, exist_ok=True)
+
+    # ------------------------------------------------------------------ paths
+    @property
+    def checkpoint_path(self):
+        return None if self.run_dir is None else os.path.join(self.run_dir, CHECKPOINT_NAME)
+
+    # ------------------------------------------------------------------ RNG state
+    def _module_generators(self):
+        for name, m in self.model.named_modules():
+            gen = getattr(m, "generator", None)
+            if isinstance(gen, np.random.Generator):
+                yield name, gen
+
+    def _rng_state(self, train_loader):
+        return {
+            "loader": train_loader.generator.bit_generator.state,
+            "modules": {name: gen.bit_generator.state for name, gen in self._module_generators()},
+            "init": nn_init.default_generator().bit_generator.state,
+        }
+
+    def _set_rng_state(self, train_loader, state):
+        train_loader.generator.bit_generator.state = state["loader"]
+        for name, gen in self._module_generators():
+            if name in state["modules"]:
+                gen.bit_generator.state = state["modules"][name]
+        nn_init.default_generator().bit_generator.state = state["init"]
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self, train_loader):
+        """Everything a resumed run needs, as arrays and JSON values (for :func:`nn.save`)."""
+        return {
+            "format": TRAIN_FORMAT,
+            "epoch": self.epoch,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
+            "rng": self._rng_state(train_loader),
+            "history": self.history,
+            "early_stopping": {"best_epoch": self.best_epoch,
+                               "best_val_loss": (None if math.isinf(self.best_val_loss)
+                                                 else self.best_val_loss),
+                               "bad_epochs": self.bad_epochs,
+                               "stopped": self.stopped_early},
+            "best_model": self.best_state,
+            "task": self.task,
+            "config": self.config,
+        }
+
+    def load_state_dict(self, state, train_loader):
+        """Continue from a checkpoint written by :meth:`state_dict`."""
+        if not isinstance(state, dict) or state.get("format") != TRAIN_FORMAT:
+            raise ValueError(f"not a training checkpoint (expected format {TRAIN_FORMAT!r}, got "
+                             f"{state.get('format') if isinstance(state, dict) else state!r})")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and state["scheduler"] is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        self._set_rng_state(train_loader, state["rng"])
+        self.epoch = int(state["epoch"])
+        self.history = [dict(row) for row in state["history"]]
+        stop = state["early_stopping"]
+        self.best_epoch = stop["best_epoch"]
+        self.best_val_loss = math.inf if stop["best_val_loss"] is None else stop["best_val_loss"]
+        self.bad_epochs = int(stop["bad_epochs"])
+        self.stopped_early = bool(stop["stopped"])
+        self.best_state = state["best_model"]
+
+    def save_checkpoint(self, train_loader):
+        from .checkpoint import save
+
+        if not self._parameters_finite():
+            raise NonFiniteLossError(f"parameters became non-finite during epoch {self.epoch}; "
+                                     f"the checkpoint was not written")
+        save(self.state_dict(train_loader), self.checkpoint_path)
+
+    def _parameters_finite(self):
+        for p in self.model.parameters():
+            xp = kernels.array_module(kernels.device_of(p.data))
+            if not bool(xp.isfinite(p.data).all()):
+                return False
+        return True
+
+    # ------------------------------------------------------------------ metrics files
+    def write_metrics(self):
+        if self.run_dir is None:
+            return
+        keys = []
+        for row in self.history:
+            keys += [k for k in row if k not in keys]
+        lines = [",".join(keys)]
+        for row in self.history:
+            lines.append(",".join("" if row.get(k) is None else repr(row[k]) for k in keys))
+        _write_atomic(os.path.join(self.run_dir, "metrics.csv"), "\n".join(lines) + "\n")
+        summary = {"history": self.history, "best_epoch": self.best_epoch,
+                   "best_val_loss": (None if math.isinf(self.best_val_loss)
+                                     else self.best_val_loss),
+                   "stopped_early": self.stopped_early}
+        _write_atomic(os.path.join(self.run_dir, "metrics.json"),
+                      json.dumps(summary, indent=1) + "\n")
+
+    # ------------------------------------------------------------------ the loop
+    def _train_epoch(self, loader, epochs):
+        model, loss_fn, optimizer = self.model, self.loss_fn, self.optimizer
+        model.train()
+        total_loss, total, correct = 0.0, 0, 0
+        bar = _progress(len(loader), f"epoch {self.epoch}/{epochs}", not self.quiet)
+        start = time.perf_counter()
+        try:
+            for batch, (x, y) in enumerate(loader, start=1):
+                out = model(x)
+                target = x if self.task == "reconstruction" else y
+                loss = float(loss_fn(out, target))
+                if not math.isfinite(loss):
+                    raise NonFiniteLossError(
+                        f"non-finite loss ({loss}) at epoch {self.epoch}, batch {batch} of "
+                        f"{len(loader)}: training stopped before updating the weights with "
+                        f"it; nothing from this epoch was saved (try a lower learning rate)")
+                optimizer.zero_grad()
+                model.backward(loss_fn.backward())
+                optimizer.step()
+                n = len(x)
+                total_loss += loss * n
+                total += n
+                if self.task == "classification":
+                    xp = kernels.array_module(kernels.device_of(out))
+                    correct += int((xp.argmax(out, axis=1) == y).sum())
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{total_loss / total:.4f}", refresh=False)
+        finally:
+            if bar is not None:
+                bar.close()
+        row = {"epoch": self.epoch, "lr": _current_lr(optimizer),
+               "train_loss": total_loss / max(total, 1)}
+        if self.task == "classification":
+            row["train_accuracy"] = correct / max(total, 1)
+        row["train_seconds"] = time.perf_counter() - start
+        return row
+
+    def fit(self, train_loader, val_loader=None, epochs=10, resume=None):
+        """Train until ``epochs`` epochs are done in total (or early stopping); returns history.
+
+        ``resume``: a checkpoint path or a loaded checkpoint dict to continue from.
+        """
+        if resume is not None:
+            if not isinstance(resume, dict):
+                from .checkpoint import load
+                resume = load(resume)
+            self.load_state_dict(resume, train_loader)
+        if self.patience is not None and val_loader is None:
+            raise ValueError("patience (early stopping) needs validation data: pass val_loader")
+        while self.epoch < epochs and not self.stopped_early:
+            self.epoch += 1
+            row = self._train_epoch(train_loader, epochs)
+            if val_loader is not None:
+                val = evaluate(self.model, val_loader, self.loss_fn, self.task)
+                row["val_loss"] = val["loss"]
+                if "accuracy" in val:
+                    row["val_accuracy"] = val["accuracy"]
+                if not math.isfinite(val["loss"]):
+                    raise NonFiniteLossError(f"non-finite validation loss ({val['loss']}) "
+                                             f"after epoch {self.epoch}; nothing was saved")
+                self._track_best(val["loss"])
+            if self.scheduler is not None:
+                if _is_plateau(self.scheduler):
+                    if val_loader is None:
+                        raise ValueError("ReduceLROnPlateau needs validation data")
+                    self.scheduler.step(row["val_loss"])
+                else:
+                    self.scheduler.step()
+            self.history.append(row)
+            if self.checkpoint_path is not None:
+                self.save_checkpoint(train_loader)
+            self.write_metrics()
+            if not self.quiet:
+                self.log(self.format_row(row, epochs))
+        if self.restore_best and self.best_state is not None:
+            self.model.load_state_dict(self.best_state)
+        return self.history
+
+    def _track_best(self, val_loss):
+        if val_loss < self.best_val_loss:
+            self.best_val_loss = val_loss
+            self.best_epoch = self.epoch
+            self.best_state = self.model.state_dict()
+            self.bad_epochs = 0
+        else:
+            self.bad_epochs += 1
+            if self.patience is not None and self.bad_epochs >= self.patience:
+                self.stopped_early = True
+
+    def format_row(self, row, epochs):
+        parts = [f"epoch {row['epoch']:>{len(str(epochs))}}/{epochs}",
+                 f"train loss {row['train_loss']:.4f}"]
+        if "train_accuracy" in row:
+            parts.append(f"acc {100 * row['train_accuracy']:5.1f}%")
+        if "val_loss" in row:
+            parts.append(f"| val loss {row['val_loss']:.4f}")
+            if "val_accuracy" in row:
+                parts.append(f"acc {100 * row['val_accuracy']:5.1f}%")
+        parts.append(f"| lr {row['lr']:.3g} | {row['train_seconds']:.1f} s")
+        if self.best_epoch == row["epoch"]:
+            parts.append("*")
+        if self.stopped_early and row is self.history[-1]:
+            parts.append(f"(early stop: no improvement for {self.patience} epochs; best "
+                         f"epoch {self.best_epoch})")
+        return "  ".join(parts)
+
+
+def fit(model, train_loader, val_loader=None, *, loss_fn, optimizer, scheduler=None,
+        epochs=10, **trainer_options):
+    """Shortcut: ``Trainer(model, loss_fn, optimizer, scheduler, ...).fit(...)``; returns the Trainer."""
+    trainer = Trainer(model, loss_fn, optimizer, scheduler, **trainer_options)
+    trainer.fit(train_loader, val_loader, epochs=epochs)
+    return trainer

@@ -1,0 +1,421 @@
+"""nn.optim's SGD, Adam and AdamW against torch's documented update rules (and torch itself).
+
+(Named test_optimizers.py, not test_optim.py: pytest cannot collect two test modules with one
+basename from the package-less tests/kernels and tests/nn folders.)
+"""
+import json
+
+import numpy as np
+import pytest
+
+import kernels as K
+import nn
+
+TOL = {np.float32: dict(rtol=2e-5, atol=1e-6), np.float64: dict(rtol=1e-12, atol=1e-14)}
+
+
+# ---------------------------------------------------------------- NumPy references
+class ReferenceSGD:
+    """torch.optim.SGD's algorithm as its documentation writes it, in float64."""
+
+    def __init__(self, groups):
+        self.groups = groups  # [{"params": [ndarray], "lr", "momentum", ...}]
+        self.buf = {}
+
+    def step(self, grads):
+        for group in self.groups:
+            for p in group["params"]:
+                g = grads.get(id(p))
+                if g is None:
+                    continue
+                if group["weight_decay"]:
+                    g = g + group["weight_decay"] * p
+                if group["momentum"]:
+                    if id(p) not in self.buf:
+                        self.buf[id(p)] = g.copy()
+                    else:
+                        b = self.buf[id(p)]
+                        self.buf[id(p)] = group["momentum"] * b + (1 - group["dampening"]) * g
+                    b = self.buf[id(p)]
+                    g = g + group["momentum"] * b if group["nesterov"] else b
+                p -= group["lr"] * g
+
+
+class ReferenceAdam:
+    """torch.optim.Adam / AdamW's documented algorithm, in float64."""
+
+    def __init__(self, groups, decoupled):
+        self.groups = groups
+        self.decoupled = decoupled
+        self.state = {}
+
+    def step(self, grads):
+        for group in self.groups:
+            b1, b2 = group["betas"]
+            lr, wd = group["lr"], group["weight_decay"]
+            for p in group["params"]:
+                g = grads.get(id(p))
+                if g is None:
+                    continue
+                s = self.state.setdefault(id(p), dict(t=0, m=0 * p, v=0 * p, vmax=0 * p))
+                s["t"] += 1
+                if self.decoupled:
+                    p *= 1 - lr * wd
+                elif wd:
+                    g = g + wd * p
+                s["m"] = b1 * s["m"] + (1 - b1) * g
+                s["v"] = b2 * s["v"] + (1 - b2) * g * g
+                m_hat = s["m"] / (1 - b1 ** s["t"])
+                if group["amsgrad"]:
+                    s["vmax"] = np.maximum(s["vmax"], s["v"])
+                    v_hat = s["vmax"] / (1 - b2 ** s["t"])
+                else:
+                    v_hat = s["v"] / (1 - b2 ** s["t"])
+                p -= lr * m_hat / (np.sqrt(v_hat) + group["eps"])
+
+
+SHAPES = [(4, 3), (3,), (2, 2, 2), (5,)]
+
+
+def _setup(rng, dtype, device):
+    values = [rng.standard_normal(s) for s in SHAPES]
+    params = [nn.Parameter(K.to_device(v.astype(dtype), device)) for v in values]
+    params[3].requires_grad = False  # frozen: must never move, even if it has a gradient
+    return values, params
+
+
+def _grads(rng, step):
+    """Gradients per parameter index; parameter 1 has none on step 2 (skipped that step)."""
+    grads = {k: rng.standard_normal(s) for k, s in enumerate(SHAPES)}
+    if step == 2:
+        grads[1] = None
+    return grads
+
+
+def _run(make_ours, make_ref, dtype, device, steps=5, seed=0):
+    rng = np.random.default_rng(seed)
+    values, params = _setup(rng, dtype, device)
+    ref_values = [v.copy() for v in values]
+    ours = make_ours(params)
+    ref = make_ref(ref_values)
+    for step in range(steps):
+        grads = _grads(rng, step)
+        for k, p in enumerate(params):
+            p.grad = None if grads[k] is None else K.to_device(grads[k].astype(dtype), device)
+        ours.step()
+        ref.step({id(ref_values[k]): g for k, g in grads.items()
+                  if g is not None and params[k].requires_grad})
+    for k, p in enumerate(params):
+        assert p.data.dtype == dtype and K.device_of(p.data) == device
+        np.testing.assert_allclose(K.to_host(p.data), ref_values[k], **TOL[dtype],
+                                   err_msg=f"parameter {k}")
+    np.testing.assert_array_equal(K.to_host(params[3].data), values[3].astype(dtype))
+    assert params[3] not in ours.state
+    return ours, params
+
+
+SGD_GROUPS = [
+    dict(momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False),
+    dict(momentum=0.9, dampening=0.0, weight_decay=0.0, nesterov=False),
+    dict(momentum=0.9, dampening=0.0, weight_decay=0.01, nesterov=True),
+    dict(momentum=0.8, dampening=0.25, weight_decay=0.1, nesterov=False),
+]
+
+
+def _device_dtype_cases():
+    return [pytest.param("cpu", np.float64, id="cpu-f64"),
+            pytest.param("cpu", np.float32, id="cpu-f32"),
+            pytest.param("cuda", np.float64, id="cuda-f64", marks=pytest.mark.cuda)]
+
+
+@pytest.fixture
+def skip_without():
+    def check(device):
+        if device not in K.devices():
+            pytest.skip("no CUDA device: no GPU with CuPy, and NUMBA_ENABLE_CUDASIM is not set")
+    return check
+
+
+@pytest.mark.parametrize("device,dtype", _device_dtype_cases())
+@pytest.mark.parametrize("options", SGD_GROUPS)
+def test_sgd_matches_reference_with_groups(device, dtype, options, skip_without):
+    skip_without(device)
+
+    def ours(params):
+        return nn.optim.SGD([{"params": params[:2], "lr": 0.05},
+                             {"params": params[2:], "lr": 0.2, "momentum": 0.5}], lr=0.1,
+                            **options)
+
+    def ref(values):
+        body = dict(options, params=values[:2], lr=0.05)
+        head = dict(options, params=values[2:], lr=0.2, momentum=0.5)
+        return ReferenceSGD([body, head])
+
+    opt, params = _run(ours, ref, dtype, device)
+    assert [g["lr"] for g in opt.param_groups] == [0.05, 0.2]
+    assert opt.param_groups[1]["momentum"] == 0.5
+    assert opt.param_groups[0]["momentum"] == options["momentum"]
+
+
+ADAM_OPTIONS = [
+    dict(betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False),
+    dict(betas=(0.8, 0.99), eps=1e-6, weight_decay=0.05, amsgrad=True),
+    dict(betas=(0.3, 0.9), eps=1e-8, weight_decay=0.1, amsgrad=False),
+]
+
+
+@pytest.mark.parametrize("device,dtype", _device_dtype_cases())
+@pytest.mark.parametrize("options", ADAM_OPTIONS)
+@pytest.mark.parametrize("cls", ["Adam", "AdamW"])
+def test_adam_matches_reference_with_groups(device, dtype, options, cls, skip_without):
+    skip_without(device)
+    decoupled = cls == "AdamW"
+
+    def ours(params):
+        return getattr(nn.optim, cls)([{"params": params[:2], "lr": 0.01},
+                                       {"params": params[2:], "lr": 0.03}], **options)
+
+    def ref(values):
+        return ReferenceAdam([dict(options, params=values[:2], lr=0.01),
+                              dict(options, params=values[2:], lr=0.03)], decoupled)
+
+    _run(ours, ref, dtype, device)
+
+
+def test_defaults_are_torchs():
+    p = [nn.Parameter(np.zeros(3))]
+    assert {k: v for k, v in nn.optim.SGD(p).param_groups[0].items() if k != "params"} == dict(
+        lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False)
+    adam = nn.optim.Adam(p).param_groups[0]
+    adamw = nn.optim.AdamW(p).param_groups[0]
+    assert (adam["lr"], adam["betas"], adam["eps"], adam["weight_decay"], adam["amsgrad"]) == (
+        1e-3, (0.9, 0.999), 1e-8, 0.0, False)
+    assert adamw["weight_decay"] == 1e-2 and adamw["decoupled_weight_decay"]
+    assert not adam["decoupled_weight_decay"]
+
+
+# ---------------------------------------------------------------- against torch itself
+def _torch_case(cls_name, options, dtype, steps=6):
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(3)
+    values = [rng.standard_normal(s).astype(dtype) for s in SHAPES[:3]]
+    params = [nn.Parameter(v.copy()) for v in values]
+    tparams = [torch.tensor(v.copy(), requires_grad=True) for v in values]
+    groups = lambda ps: [{"params": ps[:1], "lr": 0.02}, {"params": ps[1:]}]  # noqa: E731
+    ours = getattr(nn.optim, cls_name)(groups(params), **options)
+    theirs = getattr(torch.optim, cls_name)(groups(tparams), **options)
+    for step in range(steps):
+        for k, (p, tp) in enumerate(zip(params, tparams)):
+            g = rng.standard_normal(p.shape).astype(dtype)
+            skip = step == 3 and k == 2
+            p.grad = None if skip else g
+            tp.grad = None if skip else torch.tensor(g)
+        ours.step()
+        theirs.step()
+    for p, tp in zip(params, tparams):
+        np.testing.assert_allclose(p.data, tp.detach().numpy(), **TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("cls_name,options", [
+    ("SGD", dict(lr=0.1)),
+    ("SGD", dict(lr=0.1, momentum=0.9, dampening=0.2, weight_decay=1e-2)),
+    ("SGD", dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-3)),
+    ("Adam", dict(lr=0.01)),
+    ("Adam", dict(lr=0.01, betas=(0.8, 0.95), weight_decay=0.1, amsgrad=True)),
+    ("AdamW", dict(lr=0.01)),
+    ("AdamW", dict(lr=0.01, weight_decay=0.3, amsgrad=True, eps=1e-6)),
+])
+def test_matches_torch(cls_name, options, dtype):
+    _torch_case(cls_name, options, dtype)
+
+
+# ---------------------------------------------------------------- state dicts
+def _train(opt_factory, params, rng_seed, steps):
+    rng = np.random.default_rng(rng_seed)
+    opt = opt_factory(params) if callable(opt_factory) else opt_factory
+    for _ in range(steps):
+        for p in params:
+            p.grad = rng.standard_normal(p.shape).astype(p.dtype)
+        opt.step()
+    return opt
+
+
+@pytest.mark.parametrize("factory", [
+    lambda ps: nn.optim.SGD([{"params": ps[:1]}, {"params": ps[1:], "lr": 0.3}], lr=0.1,
+                            momentum=0.9, nesterov=True),
+    lambda ps: nn.optim.Adam(ps, lr=0.01, amsgrad=True, weight_decay=0.01),
+    lambda ps: nn.optim.AdamW([{"params": ps[:2], "lr": 0.02}, {"params": ps[2:]}]),
+], ids=["sgd", "adam", "adamw"])
+def test_state_dict_round_trip_continues_exactly(factory, tmp_path):
+    rng = np.random.default_rng(7)
+    start = [rng.standard_normal(s).astype(np.float32) for s in SHAPES[:3]]
+
+    # Uninterrupted: six steps with one optimizer.
+    uninterrupted = [nn.Parameter(v.copy()) for v in start]
+    opt_a = factory(uninterrupted)
+    _train(opt_a, uninterrupted, 1, 3)
+    _train(opt_a, uninterrupted, 2, 3)
+
+    # Interrupted: three steps, save everything through a checkpoint, rebuild, three more.
+    first = [nn.Parameter(v.copy()) for v in start]
+    opt_b = factory(first)
+    _train(opt_b, first, 1, 3)
+    sd = opt_b.state_dict()
+    json.dumps(sd["param_groups"])  # hyperparameters are JSON-able
+    assert all(isinstance(v, np.ndarray) or isinstance(v, int)
+               for s in sd["state"].values() for v in s.values())
+    nn.save({"params": [p.data for p in first], "optimizer": sd}, tmp_path / "ck.npz")
+    ck = nn.load(tmp_path / "ck.npz")
+    resumed = [nn.Parameter(a) for a in ck["params"]]
+    opt_c = factory(resumed)
+    opt_c.load_state_dict(ck["optimizer"])
+    _train(opt_c, resumed, 2, 3)
+    for a, b in zip(uninterrupted, resumed):
+        np.testing.assert_array_equal(a.data, b.data)
+    hyper = lambda opt: [{k: v for k, v in g.items() if k != "params"}  # noqa: E731
+                         for g in opt.param_groups]
+    assert hyper(opt_c) == hyper(opt_a)
+
+
+def test_state_dict_layout_is_torchs():
+    ps = [nn.Parameter(np.ones(3)), nn.Parameter(np.ones(2)), nn.Parameter(np.ones(4))]
+    opt = nn.optim.Adam([{"params": ps[:2]}, {"params": ps[2:], "lr": 0.5}])
+    ps[1].grad = np.ones(2)
+    opt.step()
+    sd = opt.state_dict()
+    assert [g["params"] for g in sd["param_groups"]] == [[0, 1], [2]]
+    assert list(sd["state"]) == [1]
+    assert sorted(sd["state"][1]) == ["exp_avg", "exp_avg_sq", "step"]
+    assert sd["state"][1]["step"] == 1
+    assert sd["param_groups"][1]["lr"] == 0.5
+    # the state dict holds copies, not the live buffers
+    sd["state"][1]["exp_avg"][...] = 99
+    assert not np.any(opt.state[ps[1]]["exp_avg"] == 99)
+
+
+def test_load_state_dict_learning_rate_and_mismatches():
+    ps = [nn.Parameter(np.ones(3)), nn.Parameter(np.ones(2))]
+    opt = nn.optim.SGD(ps, lr=0.1, momentum=0.9)
+    for p in ps:
+        p.grad = np.ones(p.shape)
+    opt.step()
+    sd = opt.state_dict()
+    sd["param_groups"][0]["lr"] = 0.05
+    other = nn.optim.SGD([nn.Parameter(np.ones(3)), nn.Parameter(np.ones(2))], lr=0.1,
+                         momentum=0.9)
+    other.load_state_dict(sd)
+    assert other.param_groups[0]["lr"] == 0.05
+    with pytest.raises(ValueError, match="group 0 holds 2 parameters.*holds 1"):
+        nn.optim.SGD([nn.Parameter(np.ones(3))], momentum=0.9).load_state_dict(sd)
+    with pytest.raises(ValueError, match="2 parameter groups, this optimizer has 1"):
+        sd2 = opt.state_dict()
+        sd2["param_groups"].append(dict(sd2["param_groups"][0], params=[]))
+        other.load_state_dict(sd2)
+    wrong = nn.optim.SGD([nn.Parameter(np.ones(3)), nn.Parameter(np.ones(5))], momentum=0.9)
+    with pytest.raises(ValueError, match=r"state\[1\]\['momentum_buffer'\] has shape \(2,\), "
+                                         r"parameter has \(5,\)"):
+        wrong.load_state_dict(sd)
+    assert wrong.state == {}  # nothing changed by the failed load
+
+
+@pytest.mark.cuda
+def test_state_moves_to_the_parameters_device_and_dtype(cuda_device):
+    host = [nn.Parameter(np.ones(4)), nn.Parameter(np.ones(3))]
+    opt = nn.optim.Adam(host, lr=0.1)
+    for p in host:
+        p.grad = np.full(p.shape, 0.5)
+    opt.step()
+    dev = [nn.Parameter(K.to_device(p.data.astype(np.float32), cuda_device)) for p in host]
+    opt2 = nn.optim.Adam(dev, lr=0.1)
+    opt2.load_state_dict(opt.state_dict())
+    for p in dev:
+        for name in ("exp_avg", "exp_avg_sq"):
+            buf = opt2.state[p][name]
+            assert K.device_of(buf) == cuda_device and buf.dtype == np.float32
+        p.grad = K.to_device(np.full(p.shape, 0.5, np.float32), cuda_device)
+    opt2.step()
+    opt.step()
+    for a, b in zip(host, dev):
+        np.testing.assert_allclose(K.to_host(b.data), a.data, rtol=1e-6)
+
+
+# ---------------------------------------------------------------- behaviour and errors
+def test_zero_grad():
+    ps = [nn.Parameter(np.ones(3)), nn.Parameter(np.ones(2))]
+    opt = nn.optim.SGD(ps, lr=0.1)
+    for p in ps:
+        p.grad = np.ones(p.shape)
+    opt.zero_grad(set_to_none=False)
+    assert all(np.all(p.grad == 0) for p in ps)
+    opt.zero_grad()
+    assert all(p.grad is None for p in ps)
+    opt.step()  # nothing to do: no gradients
+    assert all(np.all(p.data == 1) for p in ps)
+
+
+def test_step_returns_closure_value_and_minimises():
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((8, 3))
+    target = rng.standard_normal(8)
+    for make in (lambda ps: nn.optim.SGD(ps, lr=0.02, momentum=0.9),
+                 lambda ps: nn.optim.Adam(ps, lr=0.05)):
+        w = nn.Parameter(np.zeros(3))
+        opt = make([w])
+
+        def closure():
+            r = a @ w.data - target
+            w.grad = a.T @ r
+            return 0.5 * float(r @ r)
+
+        first = opt.step(closure)
+        for _ in range(300):
+            last = opt.step(closure)
+        best = np.linalg.lstsq(a, target, rcond=None)[0]
+        assert last < first
+        np.testing.assert_allclose(w.data, best, atol=1e-3)
+
+
+def test_named_parameters_and_add_param_group():
+    ps = [nn.Parameter(np.ones(3)), nn.Parameter(np.ones(2))]
+    opt = nn.optim.SGD([("body.weight", ps[0])], lr=0.1)
+    assert opt.param_groups[0]["param_names"] == ["body.weight"]
+    opt.add_param_group({"params": ps[1], "lr": 0.5})
+    assert opt.param_groups[1]["params"] == [ps[1]] and opt.param_groups[1]["lr"] == 0.5
+    with pytest.raises(ValueError, match="more than one parameter group"):
+        opt.add_param_group({"params": [ps[0]]})
+
+
+def test_bad_arguments():
+    p = nn.Parameter(np.ones(3))
+    with pytest.raises(ValueError, match="empty parameter list"):
+        nn.optim.SGD([])
+    with pytest.raises(TypeError, match=r"params'\]\[0\].*nn.Parameter.*ndarray"):
+        nn.optim.SGD([np.ones(3)])
+    with pytest.raises(ValueError, match="appears more than once"):
+        nn.optim.SGD([p, p])
+    with pytest.raises(TypeError, match="not a set"):
+        nn.optim.SGD({p})
+    with pytest.raises(ValueError, match="Invalid learning rate"):
+        nn.optim.SGD([p], lr=-1)
+    with pytest.raises(ValueError, match="Nesterov momentum requires"):
+        nn.optim.SGD([p], nesterov=True)
+    with pytest.raises(ValueError, match="Invalid beta parameter at index 1"):
+        nn.optim.Adam([p], betas=(0.9, 1.0))
+    with pytest.raises(ValueError, match="Invalid epsilon"):
+        nn.optim.AdamW([p], eps=-1e-8)
+    with pytest.raises(ValueError, match="Invalid learning rate"):
+        nn.optim.SGD([{"params": [p], "lr": -0.5}])
+
+
+def test_gradient_dtype_mismatch_is_reported():
+    p = nn.Parameter(np.ones(3, np.float32))
+    p.grad = np.ones(3)
+    with pytest.raises(TypeError, match="param.*float32.*grad.*float64"):
+        nn.optim.SGD([p], lr=0.1).step()
+
+
+def test_repr_lists_groups():
+    opt = nn.optim.SGD([nn.Parameter(np.ones(1))], lr=0.5, momentum=0.9)
+    text = repr(opt)
+    assert text.startswith("SGD (") and "Parameter Group 0" in text and "lr: 0.5" in text
