@@ -17,8 +17,10 @@ multi-rank cases skip in a single process and vice versa.
   size in the same run).
 * ``test_lenet_step[sync]`` / ``[no_sync]``: forward + backward + SGD step of LeNet-5 on this
   rank's 64/n samples, with and without the gradient allreduce: the difference is the
-  DataParallel overhead.  ``test_lenet_step_single_process`` is the one-process step on the
-  whole batch of 64 (the throughput to compare with).
+  DataParallel overhead (the allreduce, and waiting for the slower rank).
+  ``test_lenet_gradient_sync`` times the gradient synchronisation alone.
+  ``test_lenet_step_single_process`` is the one-process step on the whole batch of 64 (the
+  throughput to compare with).
 
 The loss gradient is a NumPy softmax cross-entropy (the same in every variant): what is
 measured is the training step around it.
@@ -112,13 +114,29 @@ def test_lenet_step(benchmark, mode):
         def run():
             with dp.no_sync():
                 _step(dp, optimizer, x, labels)
-    benchmark.pedantic(run, setup=_WORLD.barrier, rounds=60, warmup_rounds=5)
+    benchmark.pedantic(run, setup=_WORLD.barrier, rounds=30, warmup_rounds=3)
     _record_step(benchmark, batch, _WORLD.size)
+
+
+@multi_rank
+def test_lenet_gradient_sync(benchmark):
+    """The synchronisation alone: pack, allreduce and unpack LeNet's gradients (after a
+    barrier, so waiting for a slower rank is not counted)."""
+    batch = GLOBAL_BATCH // _WORLD.size
+    model, x, labels = _lenet_problem(batch, _WORLD)
+    dp = dist.DataParallel(model, _WORLD)
+    with dp.no_sync():
+        dp.backward(_cross_entropy_grad(dp(x), labels))
+    benchmark.pedantic(dp.sync_gradients, kwargs={"num_samples": batch}, setup=_WORLD.barrier,
+                       rounds=100, warmup_rounds=5)
+    nbytes = sum(p.size * p.dtype.itemsize for p in model.parameters())
+    benchmark.extra_info.update(ranks=_WORLD.size, gradient_bytes=nbytes,
+                                buckets=len(dp.buckets))
 
 
 @single_rank
 def test_lenet_step_single_process(benchmark):
     model, x, labels = _lenet_problem(GLOBAL_BATCH, _WORLD)
     optimizer = nn.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    benchmark.pedantic(_step, args=(model, optimizer, x, labels), rounds=60, warmup_rounds=5)
+    benchmark.pedantic(_step, args=(model, optimizer, x, labels), rounds=30, warmup_rounds=3)
     _record_step(benchmark, GLOBAL_BATCH, 1)

@@ -42,10 +42,12 @@ __all__ = ["conv2d_forward", "conv2d_backward_input", "conv2d_backward_weight",
            "conv_transpose2d_backward", "conv2d_output_shape", "conv_transpose2d_output_shape"]
 
 # Column bands of the GEMM design are sized to about this many bytes (see bench_conv.py).
-_BAND_BYTES = 512 * 1024
+_BAND_BYTES = 4 * 1024 * 1024
 # The weight gradient sums partials over at most this many chunks of the batch; the chunks
 # depend on N only, so the result does not depend on the thread count.
 _WEIGHT_CHUNKS = 8
+# Multi-sample bands leave at least this many blocks of samples to share among threads.
+_MIN_BLOCKS = 8
 _ALGOS = ("auto", "direct", "gemm")
 # Below this many FLOPs a pass runs on one thread: waking a second costs more than it saves.
 _SERIAL_FLOPS = 200_000
@@ -196,8 +198,13 @@ def _use_direct(x_shape, w_shape, groups, algo):
     return Cg * KH * KW * (OC // groups) <= 512
 
 
-def _band_rows(OH, OW, K, itemsize):
-    return max(1, min(OH, _BAND_BYTES // max(1, OW * K * itemsize)))
+def _bands(N, OH, OW, K, itemsize):
+    """(S samples, R rows) per column band: about _BAND_BYTES of columns, whole samples
+    when they fit (at most N/8 of them, to leave items for the threads), else rows."""
+    positions = max(1, _BAND_BYTES // (K * itemsize))
+    if OH * OW <= positions:
+        return max(1, min(positions // (OH * OW), -(-N // _MIN_BLOCKS))), OH
+    return 1, max(1, min(OH, positions // OW))
 
 
 def _weight_chunks(N):
@@ -246,9 +253,9 @@ def _forward(x, w, b, geo, out_hw, algo):
                  g.dh, g.dw, g.groups)
         return y
     w2 = _reorder_weight(w, g.groups)
-    rows = _band_rows(out_hw[0], out_hw[1], w2.shape[2], x.itemsize)
+    S, R = _bands(N, out_hw[0], out_hw[1], w2.shape[2], x.itemsize)
     _run_cpu(_conv2d_forward_gemm_cpu, flops, True, y, x, w2, b, w.shape[2], w.shape[3], g.sh,
-             g.sw, g.pt, g.pl, g.dh, g.dw, rows)
+             g.sw, g.pt, g.pl, g.dh, g.dw, S, R)
     return y
 
 
@@ -274,9 +281,9 @@ def _backward_input(grad_y, w, x_shape, geo, algo):
                  g.pt, g.pl, g.dh, g.dw, g.groups)
         return grad_x
     w2 = _reorder_weight(w, g.groups)
-    rows = _band_rows(OH, OW, w2.shape[2], grad_y.itemsize)
+    S, R = _bands(x_shape[0], OH, OW, w2.shape[2], grad_y.itemsize)
     _run_cpu(_conv2d_backward_input_gemm_cpu, flops, True, grad_x, grad_y, w2, w.shape[2],
-             w.shape[3], g.sh, g.sw, g.pt, g.pl, g.dh, g.dw, rows)
+             w.shape[3], g.sh, g.sw, g.pt, g.pl, g.dh, g.dw, S, R)
     return grad_x
 
 
@@ -303,9 +310,9 @@ def _backward_weight(grad_y, x, w_shape, geo, algo):
         return part.sum(axis=0)
     OCg, K = OC // g.groups, Cg * KH * KW
     part = np.empty((chunks, g.groups, OCg, K), dtype=x.dtype)
-    rows = _band_rows(grad_y.shape[2], grad_y.shape[3], K, x.itemsize)
+    S, R = _bands(N, grad_y.shape[2], grad_y.shape[3], K, x.itemsize)
     _run_cpu(_conv2d_backward_weight_gemm_cpu, flops, True, part, grad_y, x, KH, KW, g.sh, g.sw,
-             g.pt, g.pl, g.dh, g.dw, rows)
+             g.pt, g.pl, g.dh, g.dw, S, R)
     # (groups, OCg, KH, KW, Cg) -> (OC, Cg, KH, KW)
     return np.ascontiguousarray(
         part.sum(axis=0).reshape(OC, KH, KW, Cg).transpose(0, 3, 1, 2))

@@ -116,122 +116,146 @@ def _unpad_nhwc(gx, gxp, c0, pt, pl):
             dst[ws:] = 0
 
 
+@njit(cache=True)
+def _band_cols(cols, xbuf, x, n0, S, c0, oh0, R, KH, KW, sh, sw, pt, pl, dh, dw, OW):
+    """Columns of a band: rows ``oh0 .. oh0+R`` of samples ``n0 .. n0+S``, sample after sample."""
+    Hb = (R - 1) * sh + (KH - 1) * dh + 1
+    Wp = (OW - 1) * sw + (KW - 1) * dw + 1
+    Cg = cols.shape[1] // (KH * KW)
+    xp = xbuf[:Hb * Wp * Cg].reshape(Hb, Wp, Cg)
+    T = R * OW
+    for s in range(S):
+        _pad_rows_nhwc(xp, x[n0 + s], c0, oh0 * sh, pt, pl)
+        _im2col(cols[s * T:(s + 1) * T], xp, OW, KH, KW, sh, sw, dh, dw)
+
+
 # ---------------------------------------------------------------- GEMM design: the three passes
+# A band is S whole samples (small images) or R rows of one sample (big ones): S*R*OW
+# positions, one GEMM.  Items are (block of S samples, group, band of R rows).
 @njit(parallel=True, cache=True)
-def _conv2d_forward_gemm_cpu(y, x, w2, b, KH, KW, sh, sw, pt, pl, dh, dw, rows, nthreads):
+def _conv2d_forward_gemm_cpu(y, x, w2, b, KH, KW, sh, sw, pt, pl, dh, dw, S, R, nthreads):
     N, C = x.shape[0], x.shape[1]
     groups, OCg, K = w2.shape
     Cg = C // groups
     OH, OW = y.shape[2], y.shape[3]
-    bands = (OH + rows - 1) // rows
-    items = N * groups * bands
-    Hb = (rows - 1) * sh + (KH - 1) * dh + 1
+    blocks = (N + S - 1) // S
+    bands = (OH + R - 1) // R
+    items = blocks * groups * bands
+    Hb = (R - 1) * sh + (KH - 1) * dh + 1
     Wp = (OW - 1) * sw + (KW - 1) * dw + 1
-    T = rows * OW
     yf = y.reshape(N, OCg * groups, OH * OW)
     xbuf = np.empty((nthreads, Hb * Wp * Cg), x.dtype)
-    cbuf = np.empty((nthreads, T * K), x.dtype)
-    obuf = np.empty((nthreads, T * OCg), x.dtype)
+    cbuf = np.empty((nthreads, S * R * OW * K), x.dtype)
+    obuf = np.empty((nthreads, S * R * OW * OCg), x.dtype)
     for th in prange(nthreads):
         for item in range(th * items // nthreads, (th + 1) * items // nthreads):
-            n = item // (groups * bands)
+            n0 = (item // (groups * bands)) * S
             g = (item // bands) % groups
-            oh0 = (item % bands) * rows
-            r = min(rows, OH - oh0)
-            Tt = r * OW
-            xp = xbuf[th, :((r - 1) * sh + (KH - 1) * dh + 1) * Wp * Cg].reshape(
-                (r - 1) * sh + (KH - 1) * dh + 1, Wp, Cg)
-            _pad_rows_nhwc(xp, x[n], g * Cg, oh0 * sh, pt, pl)
-            cols = cbuf[th, :Tt * K].reshape(Tt, K)
-            _im2col(cols, xp, OW, KH, KW, sh, sw, dh, dw)
-            out = obuf[th, :Tt * OCg].reshape(Tt, OCg)
+            oh0 = (item % bands) * R
+            Sb = min(S, N - n0)
+            Rb = min(R, OH - oh0)
+            T = Rb * OW
+            cols = cbuf[th, :Sb * T * K].reshape(Sb * T, K)
+            _band_cols(cols, xbuf[th], x, n0, Sb, g * Cg, oh0, Rb, KH, KW, sh, sw, pt, pl, dh,
+                       dw, OW)
+            out = obuf[th, :Sb * T * OCg].reshape(Sb * T, OCg)
             np.dot(cols, w2[g].T, out)
             # back to NCHW, with the bias fused into the same pass
-            for o in range(OCg):
-                dst = yf[n, g * OCg + o, oh0 * OW:]
-                bias = b[g * OCg + o]
-                for t in range(Tt):
-                    dst[t] = out[t, o] + bias
+            for s in range(Sb):
+                part = out[s * T:(s + 1) * T]
+                for o in range(OCg):
+                    dst = yf[n0 + s, g * OCg + o, oh0 * OW:]
+                    bias = b[g * OCg + o]
+                    for t in range(T):
+                        dst[t] = part[t, o] + bias
 
 
 @njit(parallel=True, cache=True)
-def _conv2d_backward_input_gemm_cpu(gx, gy, w2, KH, KW, sh, sw, pt, pl, dh, dw, rows, nthreads):
-    # One item per (sample, group): col2im scatters into overlapping input rows, so a whole
-    # sample stays with one thread, which adds its bands in a fixed order.
+def _conv2d_backward_input_gemm_cpu(gx, gy, w2, KH, KW, sh, sw, pt, pl, dh, dw, S, R, nthreads):
+    # Items are (block of S samples, group) with every row band inside: col2im scatters into
+    # overlapping input rows, so a sample stays with one thread, which adds its bands in a
+    # fixed order.
     N, C = gx.shape[0], gx.shape[1]
     groups, OCg, K = w2.shape
     Cg = C // groups
     OH, OW = gy.shape[2], gy.shape[3]
     Hp = (OH - 1) * sh + (KH - 1) * dh + 1
     Wp = (OW - 1) * sw + (KW - 1) * dw + 1
-    T = rows * OW
-    items = N * groups
+    blocks = (N + S - 1) // S
+    items = blocks * groups
     gyf = gy.reshape(N, OCg * groups, OH * OW)
     xbuf = np.empty((nthreads, Hp * Wp * Cg), gx.dtype)
-    gbuf = np.empty((nthreads, T * OCg), gx.dtype)
-    cbuf = np.empty((nthreads, T * K), gx.dtype)
+    gbuf = np.empty((nthreads, S * R * OW * OCg), gx.dtype)
+    cbuf = np.empty((nthreads, S * R * OW * K), gx.dtype)
     for th in prange(nthreads):
         gxp = xbuf[th].reshape(Hp, Wp, Cg)
         for item in range(th * items // nthreads, (th + 1) * items // nthreads):
-            n = item // groups
+            n0 = (item // groups) * S
             g = item % groups
-            gxp[:, :, :] = 0
-            for oh0 in range(0, OH, rows):
-                Tt = min(rows, OH - oh0) * OW
-                gyt = gbuf[th, :Tt * OCg].reshape(Tt, OCg)
-                for o in range(OCg):
-                    src = gyf[n, g * OCg + o, oh0 * OW:]
-                    for t in range(Tt):
-                        gyt[t, o] = src[t]
-                gcols = cbuf[th, :Tt * K].reshape(Tt, K)
+            Sb = min(S, N - n0)
+            for oh0 in range(0, OH, R):
+                T = min(R, OH - oh0) * OW
+                gyt = gbuf[th, :Sb * T * OCg].reshape(Sb * T, OCg)
+                for s in range(Sb):
+                    for o in range(OCg):
+                        src = gyf[n0 + s, g * OCg + o, oh0 * OW:]
+                        for t in range(T):
+                            gyt[s * T + t, o] = src[t]
+                gcols = cbuf[th, :Sb * T * K].reshape(Sb * T, K)
                 np.dot(gyt, w2[g], gcols)
-                _col2im_add(gxp, gcols, oh0, OW, KH, KW, sh, sw, dh, dw)
-            _unpad_nhwc(gx[n], gxp, g * Cg, pt, pl)
+                for s in range(Sb):
+                    if oh0 == 0:
+                        gxp[:, :, :] = 0
+                    _col2im_add(gxp, gcols[s * T:(s + 1) * T], oh0, OW, KH, KW, sh, sw, dh, dw)
+                    if oh0 + R >= OH:
+                        _unpad_nhwc(gx[n0 + s], gxp, g * Cg, pt, pl)
 
 
 @njit(parallel=True, cache=True)
-def _conv2d_backward_weight_gemm_cpu(part, gy, x, KH, KW, sh, sw, pt, pl, dh, dw, rows, nthreads):
-    # part[k] is the weight gradient of chunk k of the batch (chunks fixed by the caller from
-    # N alone); the caller sums them in order, so the result is run-to-run identical.
+def _conv2d_backward_weight_gemm_cpu(part, gy, x, KH, KW, sh, sw, pt, pl, dh, dw, S, R,
+                                     nthreads):
+    # part[k] is the weight gradient of chunk k of the batch (chunks and bands fixed by the
+    # caller from the shapes alone); the caller sums them in order, so the result is
+    # run-to-run identical and independent of the thread count.
     N, C = x.shape[0], x.shape[1]
     chunks, groups, OCg, K = part.shape
     Cg = C // groups
     OH, OW = gy.shape[2], gy.shape[3]
-    Hb = (rows - 1) * sh + (KH - 1) * dh + 1
+    Hb = (R - 1) * sh + (KH - 1) * dh + 1
     Wp = (OW - 1) * sw + (KW - 1) * dw + 1
-    T = rows * OW
     gyf = gy.reshape(N, OCg * groups, OH * OW)
     xbuf = np.empty((nthreads, Hb * Wp * Cg), x.dtype)
-    cbuf = np.empty((nthreads, T * K), x.dtype)
-    gbuf = np.empty((nthreads, OCg * T), x.dtype)
+    cbuf = np.empty((nthreads, S * R * OW * K), x.dtype)
+    gbuf = np.empty((nthreads, OCg * S * R * OW), x.dtype)
     tbuf = np.empty((nthreads, OCg * K), x.dtype)
     for th in prange(nthreads):
         tmp = tbuf[th].reshape(OCg, K)
         for k in range(th * chunks // nthreads, (th + 1) * chunks // nthreads):
             part[k] = 0
-            for n in range(k * N // chunks, (k + 1) * N // chunks):
+            end = (k + 1) * N // chunks
+            for n0 in range(k * N // chunks, end, S):
+                Sb = min(S, end - n0)
                 for g in range(groups):
-                    for oh0 in range(0, OH, rows):
-                        r = min(rows, OH - oh0)
-                        Tt = r * OW
-                        xp = xbuf[th, :((r - 1) * sh + (KH - 1) * dh + 1) * Wp * Cg].reshape(
-                            (r - 1) * sh + (KH - 1) * dh + 1, Wp, Cg)
-                        _pad_rows_nhwc(xp, x[n], g * Cg, oh0 * sh, pt, pl)
-                        cols = cbuf[th, :Tt * K].reshape(Tt, K)
-                        _im2col(cols, xp, OW, KH, KW, sh, sw, dh, dw)
-                        gyt = gbuf[th, :OCg * Tt].reshape(OCg, Tt)
+                    for oh0 in range(0, OH, R):
+                        Rb = min(R, OH - oh0)
+                        T = Rb * OW
+                        cols = cbuf[th, :Sb * T * K].reshape(Sb * T, K)
+                        _band_cols(cols, xbuf[th], x, n0, Sb, g * Cg, oh0, Rb, KH, KW, sh, sw,
+                                   pt, pl, dh, dw, OW)
+                        gyt = gbuf[th, :OCg * Sb * T].reshape(OCg, Sb * T)
                         for o in range(OCg):
-                            src = gyf[n, g * OCg + o, oh0 * OW:]
                             dst = gyt[o]
-                            for t in range(Tt):
-                                dst[t] = src[t]
+                            for s in range(Sb):
+                                src = gyf[n0 + s, g * OCg + o, oh0 * OW:]
+                                for t in range(T):
+                                    dst[s * T + t] = src[t]
                         np.dot(gyt, cols, tmp)
                         acc = part[k, g]
                         for o in range(OCg):
                             a = acc[o]
-                            s = tmp[o]
+                            src = tmp[o]
                             for j in range(K):
-                                a[j] += s[j]
+                                a[j] += src[j]
 
 
 # ---------------------------------------------------------------- direct design (small layers)

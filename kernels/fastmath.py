@@ -15,7 +15,8 @@ The float32 approximations (x in float32, compared with the float64 value of the
     expm1(x)    = 2**n (e**r - 1) + (2**n - 1)                  (x <= 0, used by tanh and elu)
     tanh(x)     = -em / (2 + em),  em = expm1(-2|x|), sign of x
     sigmoid(x)  = (1 or e) / (1 + e),  e = exp(-|x|)
-    softplus(x) = max(x, 0) + log1p(e),  log1p(e) = 2 atanh(s), s = e / (2 + e) <= 1/3, series to s**15
+    softplus(x) = max(x, 0) + log1p(e),  log1p(e) = 2 atanh(s), s = e / (2 + e) <= 1/3,
+                  atanh by its series to s**15
     gelu(x)     = x Phi(x),  Phi from the normal tail Q(a) = phi(a) m(a), a = |x|, where
                   phi(a) = exp(-a*a/2) / sqrt(2 pi) with a*a split exactly into two parts, and
                   m(a), Mills' ratio, is a degree-4/degree-5 rational fitted for relative error
@@ -56,7 +57,7 @@ _INV_SQRT2 = 0.7071067811865476
 
 
 def _by_dtype(name, fast32, exact64):
-    """A scalar function for @njit code: ``fast32`` for float32 arguments, ``exact64`` for float64."""
+    """A scalar function for @njit code: ``fast32`` for float32, ``exact64`` for float64."""
     def scalar(v):
         raise TypeError(f"kernels.fastmath.{name} can only be called from @njit code")
     scalar.__name__ = scalar.__qualname__ = name

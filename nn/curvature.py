@@ -233,12 +233,14 @@ def _default_tol(obj):
 def _lanczos(matvec, n, k, which, tol, max_iter, rng):
     k = min(k, n)
     m_max = min(n, max_iter)
-    Q = np.zeros((m_max, n))
+    Q = np.zeros((min(m_max, 16), n))  # the Krylov basis; grows by doubling as needed
     alphas, betas = [], []
     q = rng.standard_normal(n)
     q /= np.linalg.norm(q)
     q_prev, beta = np.zeros(n), 0.0
     for j in range(m_max):
+        if j == len(Q):
+            Q = np.concatenate([Q, np.zeros((min(len(Q), m_max - len(Q)), n))])
         Q[j] = q
         z = matvec(q)
         alpha = float(q @ z)

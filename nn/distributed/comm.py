@@ -6,6 +6,7 @@ imported only when an MPI or NCCL communicator is created.
 """
 from __future__ import annotations
 
+import os
 import sys
 import threading
 
@@ -319,7 +320,6 @@ def init(backend="mpi"):
     try:
         return MPIComm()
     except ImportError:
-        import os
         launched = any(k in os.environ for k in ("PMI_RANK", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE",
                                                  "PMIX_RANK", "MPI_LOCALNRANKS"))
         if launched:

@@ -72,7 +72,7 @@ def conv_configs(draw, max_side=7, max_channels=3):
     return dict(x_shape=(n, cg * groups, h, w), w_shape=(ocg * groups, cg, kh, kw),
                 stride=stride, padding=padding, dilation=(dh, dw), groups=groups,
                 bias=draw(st.booleans()), algo=draw(st.sampled_from(ALGOS)),
-                one_row_bands=draw(st.booleans()), seed=draw(st.integers(0, 2**16)))
+                bands=draw(st.sampled_from(BANDS)), seed=draw(st.integers(0, 2**16)))
 
 
 def make_inputs(cfg, dtype):
@@ -88,9 +88,15 @@ def conv_args(cfg):
                 groups=cfg["groups"])
 
 
+BANDS = ["default", "rows", "samples"]
+
+
 def band_patch(cfg):
-    """One-row column bands in the GEMM design (band edges everywhere), or the default."""
-    return mock.patch.object(KC, "_BAND_BYTES", 1 if cfg["one_row_bands"] else KC._BAND_BYTES)
+    """The GEMM design's column bands: the default, one output row each (band edges
+    everywhere), or as many whole samples as fit (several samples in one GEMM)."""
+    if cfg["bands"] == "rows":
+        return mock.patch.object(KC, "_BAND_BYTES", 1)
+    return mock.patch.object(KC, "_MIN_BLOCKS", 1 if cfg["bands"] == "samples" else KC._MIN_BLOCKS)
 
 
 def reference(cfg, x, w, b):
@@ -182,11 +188,13 @@ def test_forward_medium_shapes_many_bands():
     b = rng.standard_normal(10).astype(np.float32)
     cfg = dict(w_shape=w.shape, stride=(1, 2), padding=(1, 1), dilation=(2, 1), groups=2)
     exact, bound = reference(cfg, x, w, b)
-    for band_bytes in (1, 4096, KC._BAND_BYTES):
-        with mock.patch.object(KC, "_BAND_BYTES", band_bytes):
+    for band_bytes, min_blocks in ((1, 8), (4096, 8), (KC._BAND_BYTES, 8), (KC._BAND_BYTES, 1)):
+        with mock.patch.object(KC, "_BAND_BYTES", band_bytes), \
+                mock.patch.object(KC, "_MIN_BLOCKS", min_blocks):
             for algo in ALGOS:
                 y = K.conv2d_forward(x, w, b, (1, 2), 1, (2, 1), 2, algo=algo)
-                assert_within(y, exact, bound, 36, np.float32, f"y ({algo}, {band_bytes} B)")
+                assert_within(y, exact, bound, 36, np.float32,
+                              f"y ({algo}, bands of {band_bytes} B, {min_blocks} blocks)")
 
 
 def test_non_contiguous_inputs(rng):
@@ -300,7 +308,7 @@ def transpose_configs(draw, max_side=5, max_channels=2):
                 w_shape=(cg * groups, ocg, kh, kw), stride=(sh, sw), padding=(ph, pw),
                 output_padding=(oph, opw), groups=groups, dilation=(dh, dw),
                 bias=draw(st.booleans()), algo=draw(st.sampled_from(ALGOS)),
-                one_row_bands=draw(st.booleans()), seed=draw(st.integers(0, 2**16)))
+                bands=draw(st.sampled_from(BANDS)), seed=draw(st.integers(0, 2**16)))
 
 
 def transpose_args(cfg):

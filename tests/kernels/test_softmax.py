@@ -8,6 +8,8 @@ from hypothesis import given, settings, strategies as st
 from hypothesis.extra import numpy as hnp
 
 import kernels as K
+from cuda_lowering import array, float64_ops, lower_for_gpu
+from kernels import softmax
 from nn.gradcheck import gradcheck
 
 
@@ -176,6 +178,19 @@ def test_cpu_matches_cuda(op, cuda_device, dtype, rng):
     grad_gpu = backward(K.to_device(g, cuda_device), K.to_device(y, cuda_device))
     np.testing.assert_allclose(K.to_host(y_gpu), y, rtol=RTOL[dtype], atol=ATOL[dtype])
     np.testing.assert_allclose(K.to_host(grad_gpu), grad, rtol=RTOL[dtype], atol=ATOL[dtype])
+
+
+@pytest.mark.parametrize("kernel, ndims", [
+    ("_row_max_sum_cuda", (1, 1, 2)), ("_softmax_forward_cuda", (2, 2, 1, 1)),
+    ("_log_softmax_forward_cuda", (2, 2, 1, 1)), ("_row_dot_cuda", (1, 2, 2)),
+    ("_row_sum_cuda", (1, 2)), ("_softmax_backward_cuda", (2, 2, 2, 1)),
+    ("_log_softmax_backward_cuda", (2, 2, 2, 1)),
+])
+def test_cuda_kernels_lower_for_a_real_gpu(kernel, ndims, dtype):
+    nb_dtype = numba.from_dtype(dtype)
+    ir = lower_for_gpu(getattr(softmax, kernel), [array(nb_dtype, nd) for nd in ndims])
+    if dtype == np.float32:
+        assert float64_ops(ir) == 0
 
 
 @pytest.mark.cuda

@@ -403,11 +403,11 @@ needs_mpi = pytest.mark.skipif(MPIEXEC is None, reason="needs mpi4py and mpiexec
                                "(pip install '.[mpi]')")
 
 
-def _run_mpi(n, script, *args, timeout=60):
+def _run_mpi(n, *args, timeout=60):
+    """``mpiexec -n N python -m mpi4py ARGS...`` from the checkout, one thread per rank."""
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]),
                OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", NUMBA_NUM_THREADS="1")
-    cmd = [MPIEXEC, "-n", str(n), sys.executable, "-m", "mpi4py", str(SCRIPTS / script),
-           *map(str, args)]
+    cmd = [MPIEXEC, "-n", str(n), sys.executable, "-m", "mpi4py", *map(str, args)]
     start = time.monotonic()
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env,
                           stdin=subprocess.DEVNULL)
@@ -418,7 +418,7 @@ def _run_mpi(n, script, *args, timeout=60):
 @pytest.mark.parametrize("n", [2, 3])
 def test_mpi_training_matches_single_process(n, tmp_path):
     out = tmp_path / "result.json"
-    proc, _ = _run_mpi(n, "dp_train.py", out, timeout=120)
+    proc, _ = _run_mpi(n, SCRIPTS / "dp_train.py", out, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     result = json.loads(out.read_text())
     assert result["size"] == n
@@ -430,7 +430,7 @@ def test_mpi_training_matches_single_process(n, tmp_path):
 
 @needs_mpi
 def test_mpi_crash_on_one_rank_ends_all_ranks_quickly():
-    proc, seconds = _run_mpi(2, "dp_crash.py", timeout=30)
+    proc, seconds = _run_mpi(2, SCRIPTS / "dp_crash.py", timeout=30)
     assert proc.returncode != 0
     assert "deliberate failure on rank 1" in proc.stderr + proc.stdout
     # the surviving rank waits in an allreduce that can never finish: only MPI_Abort ends it
@@ -548,3 +548,75 @@ def test_sharded_evaluation_adds_up_to_the_whole_set():
         assert got["accuracy"] == whole["accuracy"]
         assert np.array_equal(got["confusion"], whole["confusion"])
         assert got["loss"] == out[0][1]["loss"]  # identical on every rank
+
+
+# ---------------------------------------------------------------------------- NCCL, mocked
+class _FakeNcclModule:
+    """Stands in for ``cupy.cuda.nccl``: records calls in the documented argument order."""
+    NCCL_SUM, NCCL_INT32, NCCL_INT64, NCCL_UINT8 = 0, 2, 4, 1
+    NCCL_FLOAT16, NCCL_FLOAT32, NCCL_FLOAT64 = 6, 7, 8
+
+    def __init__(self):
+        self.calls = []
+        module = self
+
+        class NcclCommunicator:
+            def __init__(self, ndev, commId, rank):
+                module.calls.append(("init", ndev, commId, rank))
+
+            def allReduce(self, sendbuf, recvbuf, count, datatype, op, stream):
+                module.calls.append(("allReduce", sendbuf, recvbuf, count, datatype, op, stream))
+
+            def bcast(self, buff, count, datatype, root, stream):
+                module.calls.append(("bcast", buff, count, datatype, root, stream))
+
+        self.NcclCommunicator = NcclCommunicator
+
+    def get_unique_id(self):
+        return b"unique-id"
+
+
+class _FakeDeviceArray(kernels.SimCudaArray):
+    @property
+    def data(self):  # CuPy's ndarray.data is a MemoryPointer with .ptr
+        return type("MemoryPointer", (), {"ptr": self.ctypes.data})()
+
+
+def test_nccl_comm_calls_cupy_nccl_as_documented(monkeypatch):
+    """No GPU here: checks the calls NCCLComm makes against CuPy's documented signatures."""
+    from types import SimpleNamespace
+
+    nccl = _FakeNcclModule()
+    used = []
+    stream = SimpleNamespace(ptr=1234, synchronize=lambda: used.append("sync"))
+    xp = SimpleNamespace(cuda=SimpleNamespace(
+        Device=lambda i: SimpleNamespace(use=lambda: used.append(("device", i))),
+        runtime=SimpleNamespace(getDeviceCount=lambda: 4),
+        get_current_stream=lambda: stream))
+    monkeypatch.setattr(kernels, "SIMULATOR", False)
+    monkeypatch.setattr(kernels, "devices", lambda: ["cpu", "cuda"])
+    monkeypatch.setattr(kernels, "array_module", lambda device: xp)
+    monkeypatch.setitem(sys.modules, "cupy.cuda.nccl", nccl)
+    local = SimpleNamespace(Get_rank=lambda: 5, Free=lambda: None)
+    mpi = SimpleNamespace(
+        rank=0, size=2, _MPI=SimpleNamespace(COMM_TYPE_SHARED=1),
+        comm=SimpleNamespace(Split_type=lambda kind, key: local, bcast=lambda obj, root: obj),
+        barrier=lambda: used.append("mpi barrier"))
+
+    comm = dist.NCCLComm(mpi=mpi)
+    assert (comm.rank, comm.size, comm.local_rank) == (0, 2, 5)
+    assert used == [("device", 5 % 4)]
+    assert nccl.calls == [("init", 2, b"unique-id", 0)]
+    a = np.zeros(6).view(_FakeDeviceArray)
+    b = np.zeros(3, dtype=np.float32).view(_FakeDeviceArray)
+    assert comm.allreduce_sum(a) is a
+    comm.broadcast(b, root=1)
+    comm.barrier()
+    ptr_a, ptr_b = a.data.ptr, b.data.ptr
+    assert nccl.calls[1:] == [("allReduce", ptr_a, ptr_a, 6, nccl.NCCL_FLOAT64, nccl.NCCL_SUM, 1234),
+                              ("bcast", ptr_b, 3, nccl.NCCL_FLOAT32, 1, 1234)]
+    assert used[1:] == ["sync", "mpi barrier"]
+    with pytest.raises(TypeError, match="NCCL type"):
+        comm.allreduce_sum(np.zeros(2, dtype=np.complex64).view(_FakeDeviceArray))
+    with pytest.raises(ValueError, match="GPU arrays"):
+        comm.allreduce_sum(np.zeros(2))

@@ -3,6 +3,7 @@ and returned; the model is left as it was."""
 import numpy as np
 import pytest
 
+import kernels as K
 import nn
 from nn import models
 
@@ -79,3 +80,14 @@ def test_summary_leaves_the_model_as_it_was(rng):
 def test_summary_uses_the_model_dtype():
     result = nn.summary(nn.Linear(3, 2).double(), 3, verbose=False)
     assert result.layers[0].output_shape == (-1, 2) and result.input_shape == (3,)
+
+
+@pytest.mark.cuda
+def test_summary_on_the_cuda_device(cuda_device):
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8, 2))
+    model.to(cuda_device)
+    result = nn.summary(model, (1, 4, 4), verbose=False)
+    assert [r.output_shape for r in result.layers] == [(-1, 2, 2, 2), (-1, 2, 2, 2), (-1, 8),
+                                                      (-1, 2)]
+    assert result.total_weights == 20 + 18
+    assert K.device_of(model[0].weight.data) == cuda_device
