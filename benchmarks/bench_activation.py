@@ -9,7 +9,8 @@ traffic as the op needs it: forward reads x and writes y (2 arrays); backward re
 and x and writes grad_x (3 arrays), except identity (copies grad_y: 2) and step (writes zeros:
 1).  ``copy_fraction`` divides the op's GB/s by that of a copy moving the same bytes, measured
 in the same run.  NumPy (forward only) and PyTorch (forward, and the ATen backward kernels
-autograd calls) run the same shapes; PyTorch with Numba's thread count.
+autograd calls) run the same shapes; PyTorch with Numba's thread count.  The "kernel" cases
+time the CPU loop alone writing into an existing array, as numpy.copyto does.
 
 Softmax, log-softmax and the fused cross-entropy run on 256x1000 and 64x10 logits.
 CUDA variants run on a real GPU only.
@@ -21,6 +22,7 @@ import pytest
 import scipy.special
 
 import kernels as K
+from kernels import activation
 
 SHAPES = {"64MiB": (16 * 2 ** 20,), "lenet": (64, 6, 24, 24)}
 PARAMS = {"leaky_relu": {"negative_slope": 0.01}, "elu": {"alpha": 1.0},
@@ -72,6 +74,27 @@ def test_activation(benchmark, record, warm, machine, op, direction, shape_name)
     first = warm(fn)
     benchmark(fn)
     record(benchmark, case=f"{op} {direction} {shape_name}", shape=shape_name,
+           bytes=_bytes(op, direction, x), machine=machine, first_call_s=first)
+
+
+@pytest.mark.parametrize("shape_name", list(SHAPES))
+@pytest.mark.parametrize("direction", ["fwd", "bwd"])
+@pytest.mark.parametrize("op", [op for op in OPS if op not in ("identity", "step")])
+def test_activation_kernel(benchmark, record, warm, machine, op, direction, shape_name):
+    """The CPU loop alone, into a preallocated output: like for like with numpy.copyto.
+
+    The public functions allocate their output; a fresh 64 MiB array costs the kernel's page
+    faults and zeroing on first touch, which numpy.copyto into an existing array does not pay.
+    """
+    x, g = _arrays(SHAPES[shape_name])
+    out = np.empty_like(x)
+    params = tuple(np.float32(p) for p in PARAMS.get(op, {}).values())
+    kernel = getattr(activation, f"_{op}_{'forward' if direction == 'fwd' else 'backward'}_cpu")
+    args = (out, x, *params) if direction == "fwd" else (out, g, x, *params)
+    args = tuple(a.reshape(-1) if isinstance(a, np.ndarray) else a for a in args)
+    first = warm(kernel, *args)
+    benchmark(kernel, *args)
+    record(benchmark, case=f"{op} {direction} {shape_name} kernel", shape=shape_name,
            bytes=_bytes(op, direction, x), machine=machine, first_call_s=first)
 
 

@@ -11,4 +11,5 @@ from .softmax import *  # noqa: F401,F403
 from .loss import *  # noqa: F401,F403
 from .optim import *  # noqa: F401,F403
 from .pool import *  # noqa: F401,F403
+from .upsample import *  # noqa: F401,F403
 from .conv import *  # noqa: F401,F403

@@ -38,7 +38,7 @@ __all__ = ["identity_forward", "identity_backward", "relu_forward", "relu_backwa
            "gelu_forward", "gelu_backward"]
 
 # error_model="numpy": a float division must not test for zero (the test stops vectorisation);
-# fastmath={"contract"} lets LLVM fuse a * b + c into one FMA, which is only more accurate.
+# fastmath={"contract"} lets LLVM fuse a * b + c into one FMA (one rounding instead of two).
 _cpu = njit(parallel=True, cache=True, error_model="numpy", fastmath={"contract"})
 
 # CUDA kernels build their constants with x.dtype.type(...): a bare Python float is a float64

@@ -15,9 +15,12 @@ built from the same kernels.  Arguments, defaults and semantics follow
 ``torch.nn.functional.conv2d`` / ``conv_transpose2d``; ``padding="same"`` puts the odd extra
 row/column at the bottom/right as torch does.
 
-CPU: im2col bands into BLAS for big layers, direct loops for small ones (see
-kernels/conv_cpu.py; ``algo=`` forces one).  CUDA: one thread per output element in every
-pass (kernels/conv_cuda.py).
+CPU (kernels/conv_cpu.py): im2col bands into single-threaded BLAS inside one Numba parallel
+region for most layers; direct loops where the product per output is tiny (at most 512
+multiply-adds per output row of the GEMM: LeNet's first layer, depthwise), where they measured
+2-12x faster than the GEMM design.  The keyword-only ``algo="direct"|"gemm"`` forces one
+(tests and benchmarks).  Passes under 200 kFLOP run on one thread.  CUDA
+(kernels/conv_cuda.py): one thread per output element in every pass, gather form.
 """
 from __future__ import annotations
 
@@ -306,7 +309,7 @@ def _backward_weight(grad_y, x, w_shape, geo, algo):
     if _use_direct(x.shape, w_shape, g.groups, algo):
         part = np.empty((chunks,) + tuple(w_shape), dtype=x.dtype)
         _run_cpu(_conv2d_backward_weight_direct_cpu, flops, False, part, grad_y, x, g.sh, g.sw,
-                 g.pt, g.pl, g.dh, g.dw)
+                 g.pt, g.pl, g.dh, g.dw, x.dtype.type(0))
         return part.sum(axis=0)
     OCg, K = OC // g.groups, Cg * KH * KW
     part = np.empty((chunks, g.groups, OCg, K), dtype=x.dtype)
@@ -323,14 +326,15 @@ def _backward_bias(grad_y):
     xp = array_module(device)
     N, OC = grad_y.shape[0], grad_y.shape[1]
     grad_b = xp.empty(OC, dtype=grad_y.dtype)
-    if grad_b.size == 0:
+    if grad_y.size == 0:
+        grad_b[...] = 0
         return grad_b
     gy = contiguous(xp, grad_y).reshape(N, OC, -1)
     if device != CPU:
         launch(_conv2d_backward_bias_cuda, OC, grad_b, gy, grad_y.dtype.type(0))
     else:
         with numba_threads(1 if gy.size < _SERIAL_FLOPS else numba.get_num_threads()):
-            _conv2d_backward_bias_cpu(grad_b, gy)
+            _conv2d_backward_bias_cpu(grad_b, gy, grad_y.dtype.type(0))
     return grad_b
 
 

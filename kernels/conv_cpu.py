@@ -1,25 +1,30 @@
 """CPU loops for 2-D convolution; the contract, validation and dispatch are in kernels/conv.py.
 
-Two designs, picked per shape class by ``kernels.conv``:
+Two designs, picked per shape class by ``kernels.conv._use_direct``:
 
-* GEMM (big layers).  Work is split into items of (sample, group, band of output rows);
-  each thread copies the input rows its band needs into a zero-padded NHWC buffer, expands
-  them into patch-major columns ``cols[p, (kh, kw, c)]`` (a whole ``kw`` run of channels is
-  one contiguous copy) and calls ``np.dot``, which Numba sends to SciPy's BLAS, kept
-  single-threaded by ``kernels.threads`` so that the only thread pool is Numba's.  The
-  product is ``cols (T, K) @ w2 (K, OCg)``: of the four layouts of this GEMM it is the one
-  OpenBLAS runs fastest here (15% over NCHW-order columns).  Workspaces are per thread and
-  bounded by the band size, never by the batch.
-* direct (small layers: LeNet, depthwise).  Plain loops over a padded NCHW plane, whose
-  innermost loop runs along an output row.
+* GEMM (everything but tiny products).  Work is split into column bands: S whole samples
+  when a sample is small (LeNet: 8 samples, one GEMM of 512 positions instead of eight of 64,
+  1.8x the BLAS rate), else R output rows of one sample.  Each thread copies the input rows
+  a band needs into a zero-padded NHWC buffer, expands them into patch-major columns
+  ``cols[p, (kh, kw, c)]`` (a whole ``kw`` run of channels is one contiguous copy) and calls
+  ``np.dot``, which Numba sends to SciPy's BLAS, kept single-threaded by ``kernels.threads``
+  so that the only thread pool is Numba's.  The product is ``cols (T, K) @ w2.T (K, OCg)``:
+  of the four layouts of this GEMM it is the one OpenBLAS runs fastest here (0.69 against
+  0.83 ms for NCHW-order columns on a VGG sample), and the transpose back to NCHW, with the
+  bias fused, costs less than the difference.  Workspaces are per thread and bounded by the
+  band (``kernels.conv._BAND_BYTES``), never by the batch.
+* direct (tiny products: LeNet c1, depthwise).  Loops over a zero-padded NCHW plane; at
+  stride 1 each kernel tap is one long loop (see "wide rows" below).
 
 Weights for the GEMM design are ``w2 (groups, OCg, KH*KW*Cg)`` in ``(kh, kw, c)`` order.
-Index arithmetic stays in non-negative loop counters over pre-sliced views: Numba adds
-wrap-around code to (and stops vectorising) any index it cannot prove non-negative.
+Indices are non-negative loop counters over pre-sliced views, or unsigned flat offsets:
+Numba adds wrap-around code to (and stops vectorising) any index it cannot prove
+non-negative.
 
-Every output element is written by exactly one item, and an item's arithmetic does not
-depend on the thread that runs it, so results do not depend on the thread count.  The
-weight gradient sums per-chunk partials whose chunks are fixed by the batch size alone.
+Every output element is written by exactly one item, and an item's arithmetic depends on
+the shapes only (bands and chunks never on the thread count), so results are bitwise
+identical from run to run and for any number of threads.  The weight gradient sums
+per-chunk partials in a fixed order, the chunks fixed by the batch size.
 """
 from __future__ import annotations
 
@@ -53,49 +58,53 @@ def _pad_rows_nhwc(xp, x, c0, q0, pt, pl):
 @njit(cache=True)
 def _im2col(cols, xp, OW, KH, KW, sh, sw, dh, dw):
     """Patch-major columns of a band: ``cols[t, (kh, kw, c)]`` for output ``t = i*OW + ow``."""
+    # Flat unsigned offsets: runs are as short as KW*Cg = 5 floats on LeNet layers, where
+    # building a slice per run cost twice as much, and signed flat offsets stop vectorising.
     Hb, Wp, Cg = xp.shape
-    xp2 = xp.reshape(Hb, Wp * Cg)
-    run = KW * Cg
-    for t in range(cols.shape[0]):
+    T, K = cols.shape
+    xf = xp.reshape(-1)
+    cf = cols.reshape(-1)
+    run = np.uint64(KW * Cg)
+    for t in range(T):
         i = t // OW
         ow = t - i * OW
-        row = cols[t]
         for kh in range(KH):
-            src = xp2[i * sh + kh * dh, ow * sw * Cg:]
-            dst = row[kh * run:]
+            src = np.uint64(((i * sh + kh * dh) * Wp + ow * sw) * Cg)
+            dst = np.uint64(t * K + kh * KW * Cg)
             if dw == 1:
                 for j in range(run):
-                    dst[j] = src[j]
+                    cf[dst + j] = xf[src + j]
             else:
                 for kw in range(KW):
-                    s = src[kw * dw * Cg:]
-                    d = dst[kw * Cg:]
-                    for c in range(Cg):
-                        d[c] = s[c]
+                    s = src + np.uint64(kw * dw * Cg)
+                    d = dst + np.uint64(kw * Cg)
+                    for c in range(np.uint64(Cg)):
+                        cf[d + c] = xf[s + c]
 
 
 @njit(cache=True)
 def _col2im_add(gxp, gcols, oh0, OW, KH, KW, sh, sw, dh, dw):
     """The adjoint of ``_im2col`` into a whole padded sample: ``gxp += scatter(gcols)``."""
     Hp, Wp, Cg = gxp.shape
-    gxp2 = gxp.reshape(Hp, Wp * Cg)
-    run = KW * Cg
-    for t in range(gcols.shape[0]):
+    T, K = gcols.shape
+    gf = gxp.reshape(-1)
+    cf = gcols.reshape(-1)
+    run = np.uint64(KW * Cg)
+    for t in range(T):
         i = t // OW
         ow = t - i * OW
-        row = gcols[t]
         for kh in range(KH):
-            dst = gxp2[(oh0 + i) * sh + kh * dh, ow * sw * Cg:]
-            src = row[kh * run:]
+            dst = np.uint64((((oh0 + i) * sh + kh * dh) * Wp + ow * sw) * Cg)
+            src = np.uint64(t * K + kh * KW * Cg)
             if dw == 1:
                 for j in range(run):
-                    dst[j] += src[j]
+                    gf[dst + j] += cf[src + j]
             else:
                 for kw in range(KW):
-                    d = dst[kw * dw * Cg:]
-                    s = src[kw * Cg:]
-                    for c in range(Cg):
-                        d[c] += s[c]
+                    d = dst + np.uint64(kw * dw * Cg)
+                    s = src + np.uint64(kw * Cg)
+                    for c in range(np.uint64(Cg)):
+                        gf[d + c] += cf[s + c]
 
 
 @njit(cache=True)
@@ -259,6 +268,11 @@ def _conv2d_backward_weight_gemm_cpu(part, gy, x, KH, KW, sh, sw, pt, pl, dh, dw
 
 
 # ---------------------------------------------------------------- direct design (small layers)
+# Stride 1 uses "wide rows": with the output's rows laid out at the padded input's pitch Wp,
+# tap (kh, kw) of a plane is one flat shift, so each tap is a single loop over
+# L = (OH-1)*Wp + OW elements (the Wp-OW extra columns per row are computed and dropped),
+# instead of OH loops of OW: 3-4x faster on LeNet-size planes.  Other strides loop by row.
+# ``contract`` lets LLVM fuse the multiply-adds (without it there is no vfmadd at all).
 @njit(cache=True)
 def _pad_nchw(xp, x, c0, pt, pl):
     """``xp[c, i, j] = x[c0 + c, i - pt, j - pl]``, zero where that is outside ``x``."""
@@ -276,7 +290,21 @@ def _pad_nchw(xp, x, c0, pt, pl):
                 dst[w] = src[w]
 
 
-@njit(parallel=True, cache=True)
+@njit(cache=True)
+def _widen(wide, plane, Wp):
+    """``plane (OH, OW)`` into wide rows of pitch ``Wp``, the extra columns zero."""
+    OH, OW = plane.shape
+    for oh in range(OH):
+        dst = wide[oh * Wp:]
+        src = plane[oh]
+        for ow in range(OW):
+            dst[ow] = src[ow]
+        if oh < OH - 1:
+            for j in range(OW, Wp):
+                dst[j] = 0
+
+
+@njit(parallel=True, cache=True, fastmath={"contract"})
 def _conv2d_forward_direct_cpu(y, x, w, b, sh, sw, pt, pl, dh, dw, groups, nthreads):
     N, C = x.shape[0], x.shape[1]
     OC, Cg, KH, KW = w.shape
@@ -284,10 +312,13 @@ def _conv2d_forward_direct_cpu(y, x, w, b, sh, sw, pt, pl, dh, dw, groups, nthre
     OH, OW = y.shape[2], y.shape[3]
     Hp = (OH - 1) * sh + (KH - 1) * dh + 1
     Wp = (OW - 1) * sw + (KW - 1) * dw + 1
+    L = (OH - 1) * Wp + OW
     items = N * groups
     xbuf = np.empty((nthreads, Cg * Hp * Wp), x.dtype)
+    abuf = np.empty((nthreads, Hp * Wp), x.dtype)
     for th in prange(nthreads):
         xp = xbuf[th].reshape(Cg, Hp, Wp)
+        acc = abuf[th, :L]
         for item in range(th * items // nthreads, (th + 1) * items // nthreads):
             n = item // groups
             g = item % groups
@@ -295,6 +326,30 @@ def _conv2d_forward_direct_cpu(y, x, w, b, sh, sw, pt, pl, dh, dw, groups, nthre
             for o in range(OCg):
                 oc = g * OCg + o
                 yp = y[n, oc]
+                if sh == 1 and sw == 1:
+                    acc[:] = b[oc]
+                    for c in range(Cg):
+                        xf = xp[c].reshape(-1)
+                        for kh in range(KH):
+                            # two taps per pass halve the accumulator's loads and stores
+                            for kw in range(0, KW - 1, 2):
+                                w0 = w[oc, c, kh, kw]
+                                w1 = w[oc, c, kh, kw + 1]
+                                s0 = xf[kh * dh * Wp + kw * dw:]
+                                s1 = xf[kh * dh * Wp + (kw + 1) * dw:]
+                                for q in range(L):
+                                    acc[q] += w0 * s0[q] + w1 * s1[q]
+                            if KW % 2:
+                                wv = w[oc, c, kh, KW - 1]
+                                src = xf[kh * dh * Wp + (KW - 1) * dw:]
+                                for q in range(L):
+                                    acc[q] += wv * src[q]
+                    for oh in range(OH):
+                        dst = yp[oh]
+                        src = acc[oh * Wp:]
+                        for ow in range(OW):
+                            dst[ow] = src[ow]
+                    continue
                 yp[:, :] = b[oc]
                 for c in range(Cg):
                     for kh in range(KH):
@@ -303,15 +358,11 @@ def _conv2d_forward_direct_cpu(y, x, w, b, sh, sw, pt, pl, dh, dw, groups, nthre
                             for oh in range(OH):
                                 src = xp[c, oh * sh + kh * dh, kw * dw:]
                                 dst = yp[oh]
-                                if sw == 1:
-                                    for ow in range(OW):
-                                        dst[ow] += wv * src[ow]
-                                else:
-                                    for ow in range(OW):
-                                        dst[ow] += wv * src[ow * sw]
+                                for ow in range(OW):
+                                    dst[ow] += wv * src[ow * sw]
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, fastmath={"contract"})
 def _conv2d_backward_input_direct_cpu(gx, gy, w, sh, sw, pt, pl, dh, dw, groups, nthreads):
     # The adjoint of the forward loop; an item owns all of its sample's input gradient, so
     # its scatter into the padded plane is race-free and in a fixed order.
@@ -319,33 +370,42 @@ def _conv2d_backward_input_direct_cpu(gx, gy, w, sh, sw, pt, pl, dh, dw, groups,
     OC, Cg, KH, KW = w.shape
     OCg = OC // groups
     OH, OW = gy.shape[2], gy.shape[3]
+    H, W = gx.shape[2], gx.shape[3]
     Hp = (OH - 1) * sh + (KH - 1) * dh + 1
     Wp = (OW - 1) * sw + (KW - 1) * dw + 1
+    L = (OH - 1) * Wp + OW
     items = N * groups
     xbuf = np.empty((nthreads, Cg * Hp * Wp), gx.dtype)
+    abuf = np.empty((nthreads, Hp * Wp), gx.dtype)
     for th in prange(nthreads):
         gxp = xbuf[th].reshape(Cg, Hp, Wp)
+        wide = abuf[th, :L]
         for item in range(th * items // nthreads, (th + 1) * items // nthreads):
             n = item // groups
             g = item % groups
             gxp[:, :, :] = 0
             for o in range(OCg):
                 oc = g * OCg + o
-                gyp = gy[n, oc]
+                if sh == 1 and sw == 1:
+                    _widen(wide, gy[n, oc], Wp)
+                    for c in range(Cg):
+                        gf = gxp[c].reshape(-1)
+                        for kh in range(KH):
+                            for kw in range(KW):
+                                wv = w[oc, c, kh, kw]
+                                dst = gf[kh * dh * Wp + kw * dw:]
+                                for q in range(L):
+                                    dst[q] += wv * wide[q]
+                    continue
                 for c in range(Cg):
                     for kh in range(KH):
                         for kw in range(KW):
                             wv = w[oc, c, kh, kw]
                             for oh in range(OH):
                                 dst = gxp[c, oh * sh + kh * dh, kw * dw:]
-                                src = gyp[oh]
-                                if sw == 1:
-                                    for ow in range(OW):
-                                        dst[ow] += wv * src[ow]
-                                else:
-                                    for ow in range(OW):
-                                        dst[ow * sw] += wv * src[ow]
-            H, W = gx.shape[2], gx.shape[3]
+                                src = gy[n, oc, oh]
+                                for ow in range(OW):
+                                    dst[ow * sw] += wv * src[ow]
             hs = max(0, min(H, Hp - pt))
             ws = max(0, min(W, Wp - pl))
             for c in range(Cg):
@@ -359,9 +419,9 @@ def _conv2d_backward_input_direct_cpu(gx, gy, w, sh, sw, pt, pl, dh, dw, groups,
 
 
 @njit(parallel=True, cache=True, fastmath={"reassoc", "contract"})
-def _conv2d_backward_weight_direct_cpu(part, gy, x, sh, sw, pt, pl, dh, dw, nthreads):
-    # Same chunked partials as the GEMM design.  ``reassoc`` lets the row sums vectorise;
-    # the compiled order is fixed, so results stay run-to-run identical.
+def _conv2d_backward_weight_direct_cpu(part, gy, x, sh, sw, pt, pl, dh, dw, zero, nthreads):
+    # Same chunked partials as the GEMM design.  ``reassoc`` lets the sums vectorise; the
+    # compiled order is fixed, so results stay run-to-run identical.
     N, C = x.shape[0], x.shape[1]
     chunks, OC, Cg, KH, KW = part.shape
     groups = C // Cg
@@ -369,9 +429,12 @@ def _conv2d_backward_weight_direct_cpu(part, gy, x, sh, sw, pt, pl, dh, dw, nthr
     OH, OW = gy.shape[2], gy.shape[3]
     Hp = (OH - 1) * sh + (KH - 1) * dh + 1
     Wp = (OW - 1) * sw + (KW - 1) * dw + 1
+    L = (OH - 1) * Wp + OW
     xbuf = np.empty((nthreads, Cg * Hp * Wp), x.dtype)
+    abuf = np.empty((nthreads, Hp * Wp), x.dtype)
     for th in prange(nthreads):
         xp = xbuf[th].reshape(Cg, Hp, Wp)
+        wide = abuf[th, :L]
         for k in range(th * chunks // nthreads, (th + 1) * chunks // nthreads):
             part[k] = 0
             for n in range(k * N // chunks, (k + 1) * N // chunks):
@@ -379,29 +442,32 @@ def _conv2d_backward_weight_direct_cpu(part, gy, x, sh, sw, pt, pl, dh, dw, nthr
                     _pad_nchw(xp, x[n], g * Cg, pt, pl)
                     for o in range(OCg):
                         oc = g * OCg + o
-                        gyp = gy[n, oc]
+                        if sh == 1 and sw == 1:
+                            _widen(wide, gy[n, oc], Wp)
                         for c in range(Cg):
+                            xf = xp[c].reshape(-1)
                             for kh in range(KH):
                                 for kw in range(KW):
-                                    acc = 0.0
-                                    for oh in range(OH):
-                                        src = xp[c, oh * sh + kh * dh, kw * dw:]
-                                        gyr = gyp[oh]
-                                        if sw == 1:
-                                            for ow in range(OW):
-                                                acc += gyr[ow] * src[ow]
-                                        else:
+                                    acc = zero
+                                    if sh == 1 and sw == 1:
+                                        src = xf[kh * dh * Wp + kw * dw:]
+                                        for q in range(L):
+                                            acc += wide[q] * src[q]
+                                    else:
+                                        for oh in range(OH):
+                                            src = xp[c, oh * sh + kh * dh, kw * dw:]
+                                            gyr = gy[n, oc, oh]
                                             for ow in range(OW):
                                                 acc += gyr[ow] * src[ow * sw]
                                     part[k, oc, c, kh, kw] += acc
 
 
 @njit(parallel=True, cache=True, fastmath={"reassoc", "contract"})
-def _conv2d_backward_bias_cpu(gb, gy):
+def _conv2d_backward_bias_cpu(gb, gy, zero):
     N, OC = gy.shape[0], gy.shape[1]
     P = gy.shape[2]
     for oc in prange(OC):
-        acc = 0.0
+        acc = zero
         for n in range(N):
             row = gy[n, oc]
             for p in range(P):

@@ -5,8 +5,8 @@ Each public function here (``exp``, ``expm1_nonpos``, ``tanh``, ``tanh_grad``, `
 code and picks its body from the argument's type:
 
 * float64: the exact libm formula (``math.exp``, ``math.tanh``, ``math.erfc``, ...);
-* float32: a branch-free approximation built from float32 adds, multiplies, one division and
-  exponent-bit tricks, so that LLVM vectorises the loop around it.  Numba has no vector math
+* float32: a branch-free approximation built from float32 adds, multiplies, a division or two
+  and exponent-bit tricks, so that LLVM vectorises the loop around it.  Numba has no vector math
   library, and a libm call per element is 8-10x slower than a vectorised relu.
 
 The float32 approximations (x in float32, compared with the float64 value of the same x):

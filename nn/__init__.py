@@ -18,3 +18,4 @@ from . import optim  # noqa: F401
 from .checkpoint import CheckpointError, load, save  # noqa: F401
 from . import data  # noqa: F401
 from .train import NonFiniteLossError, Trainer, fit  # noqa: F401
+from . import curvature, diagnostics, landscape  # noqa: F401

@@ -6,16 +6,19 @@ import numpy as np
 import kernels
 
 
-def new_parameter_array(shape, dtype, device):
-    """An uninitialised-looking (zero) host array of ``dtype``, moved to ``device``."""
-    dtype = np.float32 if dtype is None else np.dtype(dtype)
-    if np.dtype(dtype) not in (np.dtype(np.float32), np.dtype(np.float64)):
-        raise TypeError(f"dtype: expected float32 or float64, got {np.dtype(dtype)}")
+def new_parameter_array(shape, dtype):
+    """A zero host array for a parameter; ``dtype`` None means float32 (torch's default)."""
+    dtype = np.dtype(np.float32 if dtype is None else dtype)
+    if dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
+        raise TypeError(f"dtype: expected float32 or float64, got {dtype}")
     return np.zeros(shape, dtype=dtype)
 
 
 def place(module, device):
-    """Move a freshly initialised module to ``device`` (None: stay on the CPU)."""
+    """Move a freshly initialised module to ``device`` (None: stay on the CPU).
+
+    Initialisers draw on the host, so layers are built there and moved once at the end.
+    """
     if device is not None and device != kernels.CPU:
         module.to(device)
     return module

@@ -13,6 +13,7 @@ with one line on stderr and a non-zero exit code, never a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -22,6 +23,8 @@ import time
 import numpy as np
 
 import kernels
+
+from kernels.threads import numba_threads
 
 from . import data as nn_data
 from .train import CHECKPOINT_NAME, TRAIN_FORMAT, NonFiniteLossError, Trainer, evaluate
@@ -40,7 +43,7 @@ TRAIN_DEFAULTS = {
     "test_fraction": 0.1,
 }
 # Options a resumed run may change; everything else comes from the checkpoint's config.
-RESUME_MAY_CHANGE = ("epochs", "device", "out", "quiet")
+RESUME_MAY_CHANGE = ("epochs", "device", "out", "quiet", "threads")
 
 
 class UserError(Exception):
@@ -136,6 +139,14 @@ def _add_train(p):
                    help="continue from a checkpoint (or its run folder) with its own config; "
                         "only " + ", ".join("--" + k for k in RESUME_MAY_CHANGE) + " may change")
     p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
+    _add_threads(p)
+
+
+def _add_threads(p):
+    p.add_argument("--threads", type=_positive(int), metavar="N",
+                   help="Numba threads for the CPU kernels (default: all cores); on a busy "
+                        "machine 1 can be much faster for small models, as every parallel "
+                        "region then waits for a free core")
 
 
 def _add_evaluate(p):
@@ -144,6 +155,7 @@ def _add_evaluate(p):
     p.add_argument("--split", choices=SPLITS, default="test", help="(default test)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="(default cpu)")
     p.add_argument("--batch-size", type=_positive(int), default=256, help="(default 256)")
+    _add_threads(p)
 
 
 def _add_summary(p):
@@ -556,8 +568,10 @@ def main(argv=None):
         parser.print_help(sys.stderr)
         return 2
     run = COMMANDS[args.command][2]
+    threads = getattr(args, "threads", None)
     try:
-        return run(args)
+        with numba_threads(threads) if threads else contextlib.nullcontext():
+            return run(args)
     except KeyboardInterrupt:
         print(f"{PROG} {args.command}: interrupted (the last finished epoch's checkpoint is "
               f"kept; continue with --resume)", file=sys.stderr)

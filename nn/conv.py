@@ -37,8 +37,8 @@ def _check_padding_mode(padding_mode):
 
 class _ConvBase(Module):
     def _make_parameters(self, weight_shape, bias, device, dtype):
-        self.weight = Parameter(new_parameter_array(weight_shape, dtype, device))
-        self.bias = (Parameter(new_parameter_array((self.out_channels,), dtype, device))
+        self.weight = Parameter(new_parameter_array(weight_shape, dtype))
+        self.bias = (Parameter(new_parameter_array((self.out_channels,), dtype))
                      if bias else None)
         self.reset_parameters()
         place(self, device)

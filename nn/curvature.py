@@ -85,10 +85,12 @@ class Objective:
         self.w0 = np.array(w0, dtype=np.float64).reshape(-1)
         self._loss_fn = loss_fn
         self.shapes = [tuple(s) for s in shapes] if shapes is not None else [(1, self.w0.size)]
-        self.names = list(names) if names is not None else [f"p{i}" for i in range(len(self.shapes))]
-        if sum(int(np.prod(s)) for s in self.shapes) != self.w0.size:
-            raise ValueError(f"shapes: {self.shapes} hold {sum(int(np.prod(s)) for s in self.shapes)} "
-                             f"values, but w0 has {self.w0.size}")
+        self.names = (list(names) if names is not None
+                      else [f"p{i}" for i in range(len(self.shapes))])
+        total = sum(int(np.prod(s)) for s in self.shapes)
+        if total != self.w0.size:
+            raise ValueError(f"shapes: {self.shapes} hold {total} values, but w0 has "
+                             f"{self.w0.size}")
         self.dtype = np.dtype(dtype)
         self.n_grad = 0  # gradient evaluations so far: the cost of every tool below
         self.n_loss = 0
@@ -128,7 +130,7 @@ class Objective:
         gradient are the size-weighted means over chunks, so they equal the full-batch values.
         The model runs in eval mode unless ``train_mode`` (dropout and batch statistics make
         the loss random or batch-dependent otherwise).  Each call writes ``w`` into the model
-        and restores the parameters, gradients and mode afterwards.
+        and restores the parameters, gradients, buffers and mode afterwards.
         """
         params = _trainable(model)
         if not params:
@@ -141,6 +143,9 @@ class Objective:
         def run(w, need_grad):
             saved = [(p, p.data.copy(), p.grad) for _, p in params]
             mode = [(m, m.training) for m in model.modules()]
+            # train mode updates BatchNorm's running statistics: put them back too
+            buffers = [(m, name, b.copy()) for m in model.modules()
+                       for name, b in m._buffers.items()]
             try:
                 set_flat_params(model, w)
                 model.train(train_mode)
@@ -159,6 +164,9 @@ class Objective:
                     p.grad = grad
                 for m, training in mode:
                     object.__setattr__(m, "training", training)
+                    object.__setattr__(m, "_saved", None)  # nothing of ours for a backward
+                for m, name, b in buffers:
+                    m._set_buffer(name, b)
 
         obj = cls(lambda w: run(w, True), w0, loss_fn=lambda w: run(w, False)[0],
                   shapes=[p.shape for _, p in params], names=[name for name, _ in params],
@@ -326,7 +334,7 @@ def smallest_eigenvalue(obj, w=None, tol=None, max_iter=200, seed=0):
 
 
 def max_stable_lr(lambda_max):
-    """The learning rate above which gradient descent diverges on the local quadratic: 2/lambda_max."""
+    """2 / lambda_max: above this learning rate gradient descent diverges on the local quadratic."""
     return 2.0 / lambda_max if lambda_max > 0 else float("inf")
 
 
@@ -341,7 +349,7 @@ class TraceEstimate:
 
 
 def hutchinson_trace(obj, w=None, n_samples=64, seed=0):
-    """``tr H ~= mean(z^T H z)`` over Rademacher vectors ``z`` (unbiased; variance 2 sum_{i!=j} H_ij^2)."""
+    """``tr H ~= mean(z^T H z)`` over Rademacher ``z`` (unbiased; variance 2 sum_{i!=j} H_ij^2)."""
     w = _point(obj, w)
     if n_samples < 2:
         raise ValueError(f"n_samples: need at least 2 for a standard error, got {n_samples}")

@@ -207,11 +207,31 @@ class Normalize:
 # ---------------------------------------------------------------------- built-in data sets
 def digits():
     """scikit-learn's 8x8 digits: x (1797, 1, 8, 8) float32 in [0, 1], y (1797,) int64."""
+    table = _digits_table()
+    x = (table[:, :64] / 16.0).astype(np.float32).reshape(-1, 1, 8, 8)
+    return ArrayDataset(x, table[:, 64].astype(np.int64))
+
+
+def _digits_table():
+    """(1797, 65) pixel values 0..16 and the label, as ``load_digits`` reads them.
+
+    Importing ``sklearn.datasets`` costs 1.5-5 s here, a large part of a short training run,
+    so the CSV it ships is read directly; ``load_digits`` is the fallback should the file
+    ever move.
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec("sklearn")
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        path = os.path.join(folder, "datasets", "data", "digits.csv.gz")
+        if os.path.exists(path):
+            table = np.loadtxt(path, delimiter=",")
+            if table.shape == (1797, 65):
+                return table
     from sklearn.datasets import load_digits
 
     bunch = load_digits()
-    x = (bunch.images / 16.0).astype(np.float32)[:, None, :, :]
-    return ArrayDataset(x, bunch.target.astype(np.int64))
+    return np.concatenate([bunch.data, bunch.target[:, None]], axis=1)
 
 
 def blobs(n=600, num_classes=3, num_features=2, spread=0.6, seed=0):

@@ -355,16 +355,33 @@ def landscape(out_dir, quick=False):
     files.append(L.plot_contour(a_pca, b_pca, grid_pca, os.path.join(out_dir, "slice_pca.png"),
                                 trajectory=pc, title="plane of the path's two principal directions",
                                 xlabel=f"PC1 ({share[0]:.0%})", ylabel=f"PC2 ({share[1]:.0%})"))
+    # The straight line from the initial to the trained weights (a little beyond both ends).
+    t = np.linspace(-0.25, 1.25, 7 if quick else 31)
+    line = L.interpolate(obj, path[0], w, t)
+    files.append(L.plot_line(t, {"initial -> trained": line},
+                             os.path.join(out_dir, "line_init_to_trained.png"),
+                             xlabel="t in (1 - t) w_init + t w_trained", logy=True,
+                             title="loss along the straight line"))
+    inside = line[(t >= 0) & (t <= 1)]
+    monotone = bool(np.all(np.diff(inside) <= 0))
     centre = grid[n_grid // 2, n_grid // 2]
     border = np.concatenate([grid[0], grid[-1], grid[1:-1, 0], grid[1:-1, -1]])
-    values = {"accuracy": acc, "centre_loss": float(centre), "border_median": float(np.median(border)),
+    values = {"accuracy": acc, "centre_loss": float(centre),
+              "border_median": float(np.median(border)),
               "grid_min": float(grid.min()), "path_kept_in_random_plane": float(kept[0]),
-              "pca_share": float(share.sum()), "steps": steps}
+              "pca_share": float(share.sum()), "steps": steps, "line": line.tolist(),
+              "line_monotone": monotone}
+    lowest = ("the centre is the lowest point of the slice" if grid.min() == centre else
+              f"the slice's lowest point, {grid.min():.3f}, is off centre")
     text = (f"Around the trained CNN (test accuracy {acc:.1%}) the loss on a filter-normalised "
-            f"random plane rises from {centre:.3f} at the centre to a median {np.median(border):.2f} "
-            f"at distance 1 (one filter norm), a single basin; only {kept[0]:.1%} of the path from "
-            f"the initial weights lies in that random plane, while the path's two principal "
-            f"directions hold {share.sum():.0%} of its variance.")
+            f"random plane rises from {centre:.3f} at the centre to a median "
+            f"{np.median(border):.2f} "
+            f"at distance 1 (one filter norm) and {lowest}; the way back to the initial weights "
+            f"has only {kept[0]:.1%} of its length in that random plane, while the training "
+            f"path's two principal directions hold {share.sum():.0%} of its variance; on the "
+            f"straight line from the initial to the trained weights the loss falls "
+            f"{'monotonically' if monotone else '(not monotonically)'} from {inside[0]:.3f} "
+            f"to {inside[-1]:.3f}.")
     return Finding(text, values, files)
 
 
@@ -433,8 +450,9 @@ def curvature(out_dir, quick=False):
     peak = int(np.argmax(lams))
     text = (f"During SGD (lr {lr}) on a 64-32-10 tanh MLP the top Hessian eigenvalue went from "
             f"{lams[0]:.3g} to a peak of {lams[peak]:.3g} (step {checkpoints[peak]}) and ended at "
-            f"{lam:.3g} (test accuracy {acc:.1%}), so lr < 2/lambda_max held throughout (at the "
-            f"end 2/lambda_max = {limit:.3g}); from the trained weights, full-batch GD with "
+            f"{lam:.3g} (test accuracy {acc:.1%}), so lr stayed below 2/lambda_max at every "
+            f"checkpoint (at least {max_stable_lr(lams[peak]):.3g}; {limit:.3g} at the end); "
+            f"from the trained weights, full-batch GD with "
             f"lr = 0.8 x 2/lambda_max takes the loss from {runs[0.8][0]:.4f} to "
             f"{runs[0.8][-1]:.4f} in {gd_steps} steps, while 1.5 x 2/lambda_max drives it to "
             f"{runs[1.5][-1]:.4g}.")
@@ -538,7 +556,8 @@ def autoencoder(out_dir, quick=False):
     nearest = np.argsort(d, axis=1)[:, :5]
     votes = np.array([np.bincount(y_train[row], minlength=10).argmax() for row in nearest])
     knn = float(np.mean(votes == y_test))
-    files = [plots.plot_reconstructions(x_test, x_hat, os.path.join(out_dir, "reconstructions.png")),
+    files = [plots.plot_reconstructions(x_test, x_hat,
+                                        os.path.join(out_dir, "reconstructions.png")),
              plots.plot_codes(codes, y_test, os.path.join(out_dir, "codes.png"))]
     values = {"mse": mse, "baseline_mse": baseline, "knn_accuracy": knn, "steps": steps}
     text = (f"With a 2-number code the autoencoder reconstructs test digits with mean squared "
@@ -598,7 +617,7 @@ DEMOS = {
 
 
 def run_demo(name, out_dir=None, quick=False):
-    """Run demo ``name``; its plots go to ``out_dir`` (default ``runs/demo-NAME``). Returns the finding."""
+    """Run demo ``name``, plots into ``out_dir`` (default runs/demo-NAME); returns the finding."""
     if name not in DEMOS:
         raise ValueError(f"name: unknown demo {name!r}; expected one of {sorted(DEMOS)}")
     out_dir = os.path.join("runs", f"demo-{name}") if out_dir is None else os.fspath(out_dir)

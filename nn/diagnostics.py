@@ -4,9 +4,10 @@
   norms) of every trainable parameter, in the order of ``model.named_parameters()`` - for a
   feed-forward network that is the order of depth.
 * :class:`GradientFlow` records them at every training step.  Call ``flow.record(model)``
-  after ``model.backward(...)`` in a hand-written loop, or pass it to a fit loop as a
-  callback: ``on_after_backward(trainer)`` records ``trainer.model`` (the gradients are
-  there between backward and the optimizer step).
+  after ``model.backward(...)`` in a hand-written loop; or ``flow.attach(model, optimizer)``
+  once, which records just before every ``optimizer.step()`` (when the gradients are
+  there), so it works inside any fit loop, ``nn.Trainer`` included, until ``flow.detach()``;
+  or call ``on_after_backward(trainer)`` from a fit loop's callback hook.
 * :func:`dead_relu_fraction` runs the model on a batch and reports, for every ReLU layer,
   the fraction of its units that output zero for every sample.  A unit is one feature of a
   ``(N, F)`` output, or one channel of an ``(N, C, H, W)`` output (zero at every position).
@@ -60,6 +61,7 @@ class GradientFlow:
         self.steps = []
         self._grads, self._params = [], []
         self._count = 0
+        self._attached = None
 
     def record(self, model, step=None):
         """Record the norms now (call after backward, before the optimizer step)."""
@@ -75,6 +77,27 @@ class GradientFlow:
         self.steps.append(self._count - 1 if step is None else step)
         self._grads.append([g for g, _ in norms.values()])
         self._params.append([p for _, p in norms.values()])
+
+    def attach(self, model, optimizer):
+        """Record ``model`` just before each ``optimizer.step()`` from now on; returns self."""
+        if self._attached is not None:
+            raise RuntimeError("GradientFlow: already attached; call detach() first")
+        step = optimizer.step
+
+        def recording_step(*args, **kwargs):
+            self.record(model)
+            return step(*args, **kwargs)
+
+        optimizer.step = recording_step
+        self._attached = optimizer
+        return self
+
+    def detach(self):
+        """Stop recording at the optimizer's steps (undo :meth:`attach`)."""
+        optimizer = self._attached
+        if optimizer is not None:
+            del optimizer.step  # the instance attribute: the class's step shows again
+            self._attached = None
 
     def on_after_backward(self, trainer):
         """Fit-loop callback hook: the trainer has run backward and not yet stepped."""

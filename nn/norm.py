@@ -44,12 +44,12 @@ class _BatchNorm(Module):
         self.track_running_stats = bool(track_running_stats)
         shape = (self.num_features,)
         if self.affine:
-            self.weight = Parameter(new_parameter_array(shape, dtype, device))
-            self.bias = Parameter(new_parameter_array(shape, dtype, device))
+            self.weight = Parameter(new_parameter_array(shape, dtype))
+            self.bias = Parameter(new_parameter_array(shape, dtype))
         else:
             self.weight = self.bias = None
         if self.track_running_stats:
-            dt = new_parameter_array((), dtype, device).dtype
+            dt = new_parameter_array((), dtype).dtype
             self.register_buffer("running_mean", np.zeros(shape, dtype=dt))
             self.register_buffer("running_var", np.ones(shape, dtype=dt))
             self.register_buffer("num_batches_tracked", np.zeros((), dtype=np.int64))

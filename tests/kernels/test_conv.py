@@ -11,7 +11,7 @@ from unittest import mock
 import numba
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 import kernels as K
@@ -68,7 +68,7 @@ def conv_configs(draw, max_side=7, max_channels=3):
     # smallest image the dilated kernel fits into, plus up to a few pixels
     h = draw(st.integers(max(1, dh * (kh - 1) + 1 - pt - pb), max_side))
     w = draw(st.integers(max(1, dw * (kw - 1) + 1 - pl - pr), max_side))
-    n = draw(st.integers(1, 2))
+    n = draw(st.integers(1, 3))
     return dict(x_shape=(n, cg * groups, h, w), w_shape=(ocg * groups, cg, kh, kw),
                 stride=stride, padding=padding, dilation=(dh, dw), groups=groups,
                 bias=draw(st.booleans()), algo=draw(st.sampled_from(ALGOS)),
@@ -207,6 +207,19 @@ def test_non_contiguous_inputs(rng):
             y, K.conv2d_forward(*map(np.ascontiguousarray, (x, w, b)), padding=1, algo=algo))
 
 
+@pytest.mark.parametrize("algo", ALGOS)
+def test_empty_batch(algo):
+    x = np.zeros((0, 4, 6, 6), dtype=np.float32)
+    w = np.ones((2, 4, 3, 3), dtype=np.float32)
+    y = K.conv2d_forward(x, w, np.ones(2, np.float32), algo=algo)
+    assert y.shape == (0, 2, 4, 4)
+    gx, gw, gb = K.conv2d_backward(np.zeros(y.shape, np.float32), x, w, algo=algo)
+    assert gx.shape == x.shape
+    np.testing.assert_array_equal(gw, np.zeros_like(w))
+    np.testing.assert_array_equal(gb, np.zeros(2, np.float32))
+    assert K.conv_transpose2d_forward(np.zeros((0, 2, 3, 3), np.float32), w).shape == (0, 4, 5, 5)
+
+
 def test_output_shape_helpers():
     assert K.conv2d_output_shape((2, 3, 32, 30), (8, 3, 3, 3), 2, 1) == (2, 8, 16, 15)
     assert K.conv2d_output_shape((1, 4, 7, 8), (4, 2, 2, 4), 1, "same", 1, 2) == (1, 4, 7, 8)
@@ -304,7 +317,7 @@ def transpose_configs(draw, max_side=5, max_channels=2):
     # padding may not remove the whole output
     ph = draw(st.integers(0, max(0, min(2, ((h - 1) * sh + dh * (kh - 1) + oph) // 2))))
     pw = draw(st.integers(0, max(0, min(2, ((w - 1) * sw + dw * (kw - 1) + opw) // 2))))
-    return dict(x_shape=(draw(st.integers(1, 2)), cg * groups, h, w),
+    return dict(x_shape=(draw(st.integers(1, 3)), cg * groups, h, w),
                 w_shape=(cg * groups, ocg, kh, kw), stride=(sh, sw), padding=(ph, pw),
                 output_padding=(oph, opw), groups=groups, dilation=(dh, dw),
                 bias=draw(st.booleans()), algo=draw(st.sampled_from(ALGOS)),
@@ -365,8 +378,7 @@ def test_adjoint_identity(cfg):
     """<conv2d(x), y> == <x, conv_transpose2d(y)> with the same weight and geometry."""
     if cfg["padding"] == "same":   # conv_transpose2d has no 'same'; use the ints it means
         pt, pb, pl, pr = pads_of("same", cfg["w_shape"], cfg["dilation"])
-        if (pt, pl) != (pb, pr):
-            return
+        assume((pt, pl) == (pb, pr))
         cfg = dict(cfg, padding=(pt, pl))
     if cfg["padding"] == "valid":
         cfg = dict(cfg, padding=(0, 0))
@@ -377,8 +389,8 @@ def test_adjoint_identity(cfg):
     # the output_padding that makes conv_transpose2d's output the size of x
     oph = x.shape[2] - ((oh - 1) * sh - 2 * ph + dh * (w.shape[2] - 1) + 1)
     opw = x.shape[3] - ((ow - 1) * sw - 2 * pw + dw * (w.shape[3] - 1) + 1)
-    if not ((oph < sh or oph < dh) and (opw < sw or opw < dw)):
-        return   # sizes that leave input rows unused need more output_padding than allowed
+    # sizes that leave input rows unused need more output_padding than torch allows
+    assume((oph < sh or oph < dh) and (opw < sw or opw < dw))
     yv = np.random.default_rng(cfg["seed"] + 7).standard_normal((n, oc, oh, ow))
     with band_patch(cfg):
         lhs = np.sum(K.conv2d_forward(x, w, None, **args, algo=cfg["algo"]) * yv)
@@ -554,9 +566,12 @@ def test_cuda_matches_cpu_grid(case, cuda_device, dtype):
         cpu_cuda_close(got, want, dtype)
 
 
+SIM_PROPERTY = settings(max_examples=30, deadline=None, derandomize=True,
+                        suppress_health_check=[HealthCheck.too_slow])
+
+
 @pytest.mark.cuda
-@settings(max_examples=12, deadline=None, derandomize=True,
-          suppress_health_check=[HealthCheck.too_slow])
+@SIM_PROPERTY
 @given(cfg=conv_configs(max_side=5, max_channels=2))
 def test_cuda_matches_reference_random(cfg):
     if "cuda" not in K.devices():
@@ -570,6 +585,26 @@ def test_cuda_matches_reference_random(cfg):
     gy = np.random.default_rng(cfg["seed"]).standard_normal(exact.shape)
     got = K.conv2d_backward(*(K.to_device(a, "cuda") for a in (gy, x, w)), **args)
     for g, want in zip(got, K.conv2d_backward(gy, x, w, **args)):
+        cpu_cuda_close(g, want, np.float64)
+
+
+@pytest.mark.cuda
+@SIM_PROPERTY
+@given(cfg=transpose_configs(max_side=4))
+def test_cuda_transpose_matches_reference_random(cfg):
+    if "cuda" not in K.devices():
+        pytest.skip("no CUDA device")
+    x, w, b = transpose_inputs(cfg, np.float64)
+    args = transpose_args(cfg)
+    d = [None if a is None else K.to_device(a, "cuda") for a in (x, w, b)]
+    y = K.conv_transpose2d_forward(*d, **args)
+    exact = conv_transpose2d_reference(x, w, b, **args)
+    bound = conv_transpose2d_reference(np.abs(x), np.abs(w), None if b is None else np.abs(b),
+                                       **args)
+    assert_within(y, exact, bound, w.shape[0] * w.shape[2] * w.shape[3] + 1, np.float64, "y")
+    gy = np.random.default_rng(cfg["seed"]).standard_normal(exact.shape)
+    got = K.conv_transpose2d_backward(K.to_device(gy, "cuda"), d[0], d[1], **args)
+    for g, want in zip(got, K.conv_transpose2d_backward(gy, x, w, **args)):
         cpu_cuda_close(g, want, np.float64)
 
 

@@ -9,7 +9,7 @@ from nn.curvature import Objective
 
 
 def quadratic(eigenvalues, seed=0):
-    """``f(w) = 1/2 w^T A w + b^T w`` with ``A = Q diag(eigenvalues) Q^T`` for a random rotation Q."""
+    """``f(w) = 1/2 w^T A w + b^T w``, ``A = Q diag(eigenvalues) Q^T`` for a random rotation Q."""
     rng = np.random.default_rng(seed)
     n = len(eigenvalues)
     Q, _ = np.linalg.qr(rng.standard_normal((n, n)))

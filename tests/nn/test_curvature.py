@@ -4,6 +4,7 @@ from second differences of the loss alone (no gradient code shared with the tool
 import numpy as np
 import pytest
 
+import kernels as K
 import nn
 from nn import curvature as C
 
@@ -187,7 +188,8 @@ def _model_objective(batch_size=None, dtype=np.float64):
         model.to(dtype=dtype)
         X = X.astype(dtype)
         T = T.astype(dtype)
-    return C.Objective.from_model(model, HalfSquaredError(), X, T, batch_size=batch_size), ref, model
+    obj = C.Objective.from_model(model, HalfSquaredError(), X, T, batch_size=batch_size)
+    return obj, ref, model
 
 
 def test_model_objective_matches_the_function_it_wraps(rng):
@@ -243,3 +245,55 @@ def test_model_eigenvalues_match_reference_in_float64_and_float32():
     assert obj32.dtype == np.float32
     top32 = C.top_eigenvalues(obj32, k=1).eigenvalues[0]
     assert rel(top32, lam[-1]) < 1e-3
+
+
+def test_library_mlp_and_cross_entropy_against_hessian_from_losses(rng):
+    # The library's own layers and loss: the reference uses only forward passes (obj.loss).
+    nn.init.manual_seed(3)
+    model = nn.models.MLP([2, 3, 2], activation="tanh").double()
+    x = rng.standard_normal((12, 2))
+    y = rng.integers(0, 2, 12)
+    obj = C.Objective.from_model(model, nn.CrossEntropyLoss(), x, y)
+    H = hessian_from_losses(obj.loss, obj.w0)
+    lam = np.linalg.eigvalsh(H)
+    np.testing.assert_allclose(C.hessian(obj), H, atol=1e-6 * np.abs(lam).max())
+    res = C.top_eigenvalues(obj, k=2)
+    assert np.all(rel(res.eigenvalues, lam[::-1][:2]) < 1e-3)
+    assert rel(C.smallest_eigenvalue(obj), lam[0]) < 1e-3
+
+
+@pytest.mark.cuda
+def test_model_objective_on_the_cuda_device_matches_the_cpu(cuda_device, rng):
+    nn.init.manual_seed(3)
+    model = nn.models.MLP([2, 3, 2], activation="tanh").double()
+    x = rng.standard_normal((6, 2))
+    y = rng.integers(0, 2, 6)
+    cpu = C.Objective.from_model(model, nn.CrossEntropyLoss(), x, y)
+    w = cpu.w0 + 0.1 * rng.standard_normal(cpu.size)
+    loss_cpu, grad_cpu = cpu(w)
+    model.to(cuda_device)
+    gpu = C.Objective.from_model(model, nn.CrossEntropyLoss(), K.to_device(x, cuda_device),
+                                 K.to_device(y, cuda_device))
+    np.testing.assert_array_equal(gpu.w0, cpu.w0)
+    loss_gpu, grad_gpu = gpu(w)
+    assert loss_gpu == pytest.approx(loss_cpu, rel=1e-12)
+    np.testing.assert_allclose(grad_gpu, grad_cpu, rtol=1e-10, atol=1e-14)
+    assert K.device_of(model.layers[0].weight.data) == cuda_device
+    np.testing.assert_array_equal(C.flat_params(model), cpu.w0)  # restored after the call
+
+
+def test_model_objective_restores_batchnorm_statistics(rng):
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Tanh(), nn.Linear(4, 2)).double()
+    x = rng.standard_normal((10, 3))
+    y = rng.integers(0, 2, 10)
+    before = {k: v.copy() for k, v in model.state_dict().items()}
+    for train_mode in (False, True):
+        obj = C.Objective.from_model(model, nn.CrossEntropyLoss(), x, y, train_mode=train_mode)
+        obj(obj.w0 + 0.1)
+        obj.loss(obj.w0)
+        after = model.state_dict()
+        for k, v in before.items():
+            np.testing.assert_array_equal(after[k], v, err_msg=k)
+    # train mode normalises with the batch's statistics, eval mode with the running ones
+    eval_loss = C.Objective.from_model(model, nn.CrossEntropyLoss(), x, y).loss(obj.w0)
+    assert obj.loss(obj.w0) != eval_loss

@@ -135,6 +135,11 @@ def test_digits():
     assert ds.y.shape == (1797,) and ds.y.dtype == np.int64
     assert ds.x.min() == 0.0 and ds.x.max() == 1.0
     assert ds.num_classes == 10
+    # The CSV is read directly (fast); it must match what scikit-learn's loader returns.
+    from sklearn.datasets import load_digits
+    bunch = load_digits()
+    np.testing.assert_array_equal(ds.x[:, 0], (bunch.images / 16.0).astype(np.float32))
+    np.testing.assert_array_equal(ds.y, bunch.target)
 
 
 @pytest.mark.parametrize("make, shape", [(data.blobs, (2,)), (data.xor, (2,)),

@@ -52,6 +52,9 @@ def test_landscape(tmp_path):
     assert v["centre_loss"] == pytest.approx(v["grid_min"], rel=0.5)
     assert 0.0 <= v["path_kept_in_random_plane"] < 0.5
     assert 0.5 < v["pca_share"] <= 1.0
+    line = v["line"]  # t = -0.25 ... 1.25 in 7 steps: t = 0 is index 1, t = 1 is index 5
+    assert line[5] == pytest.approx(v["centre_loss"], rel=1e-6)  # t = 1: the trained weights
+    assert line[1] > line[5]  # the initial weights have the higher loss
 
 
 def test_curvature(tmp_path):

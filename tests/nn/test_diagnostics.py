@@ -119,3 +119,61 @@ def test_dead_relu_fraction_on_channels(rng):
     x[:, 1] *= -1  # channel 1 negative everywhere: dead
     x[0, 2] *= -1  # channel 2 negative in one sample only, positive in the other: alive
     assert D.dead_relu_fraction(model, x) == {"l0": pytest.approx(1 / 3)}
+
+
+def test_dead_relu_fraction_inside_library_containers(rng):
+    model = nn.models.MLP([4, 6, 5, 3]).double()
+    hidden = model.layers[0]
+    hidden.weight.data[:2] = 0.0
+    hidden.bias.data[:2] = -1.0  # 2 of the first layer's 6 units can never fire
+    x = rng.standard_normal((32, 4))
+    fractions = D.dead_relu_fraction(model, x)
+    assert list(fractions) == ["layers.1", "layers.3"]
+    assert fractions["layers.1"] == pytest.approx(2 / 6)
+    assert 0.0 <= fractions["layers.3"] < 1.0
+    with pytest.raises(nn.BackwardError):  # the diagnostic pass leaves nothing for backward
+        model.backward(np.ones((32, 3)))
+
+
+@pytest.mark.cuda
+def test_norms_and_dead_units_on_the_cuda_device_match_the_cpu(cuda_device, rng):
+    import kernels as K
+    model = nn.models.MLP([4, 6, 3]).double()
+    model.layers[0].bias.data[:3] = -50.0
+    x = rng.standard_normal((8, 4))
+    model.backward(np.ones_like(model(x)))
+    cpu_norms, cpu_dead = D.layer_norms(model), D.dead_relu_fraction(model, x)
+    model.to(cuda_device)
+    model.zero_grad()
+    xd = K.to_device(x, cuda_device)
+    y = model(xd)
+    model.backward(K.array_module(cuda_device).ones_like(y))
+    gpu_norms = D.layer_norms(model)
+    for name, (g, w) in cpu_norms.items():
+        assert gpu_norms[name][0] == pytest.approx(g) and gpu_norms[name][1] == pytest.approx(w)
+    assert D.dead_relu_fraction(model, xd) == cpu_dead == {"layers.1": 0.5}
+
+
+def test_gradient_flow_attached_to_the_trainer_records_every_step(rng):
+    import nn.data
+    model = nn.models.MLP([4, 6, 3]).double()
+    ds = nn.data.ArrayDataset(rng.standard_normal((40, 4)), rng.integers(0, 3, 40))
+    loader = nn.data.DataLoader(ds, batch_size=16)
+    opt = nn.optim.SGD(model.parameters(), lr=0.1)
+    flow = D.GradientFlow().attach(model, opt)
+    nn.Trainer(model, nn.CrossEntropyLoss(), opt, quiet=True).fit(loader, epochs=2)
+    assert flow.steps == list(range(6))  # 3 batches x 2 epochs
+    assert flow.names == ["layers.0.weight", "layers.2.weight"]
+    # the last record holds the gradients of the last step, still in .grad after it
+    last = [g for g, _ in D.layer_norms(model, weights_only=True).values()]
+    np.testing.assert_allclose(flow.grad_norms[-1], last, rtol=1e-12)
+    assert np.all(flow.grad_norms > 0)
+    flow.detach()
+    assert "step" not in vars(opt)
+    model.backward(np.ones_like(model(ds.x[:4])))
+    opt.step()
+    assert len(flow.steps) == 6  # detached: no more records
+    again = D.GradientFlow().attach(model, opt)
+    with pytest.raises(RuntimeError, match="already attached"):
+        again.attach(model, opt)
+    again.detach()

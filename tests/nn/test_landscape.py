@@ -1,9 +1,8 @@
-"""Landscape slices against closed forms on a quadratic, filter normalisation, projections, plots."""
+"""Landscape slices against closed forms on a quadratic; normalisation, projections, plots."""
 import numpy as np
 import pytest
 
 from nn import landscape as L
-from nn.curvature import Objective
 
 from curvature_models import quadratic, tiny_mlp
 
@@ -129,7 +128,8 @@ def test_plots_write_images(tmp_path):
     d1 = L.random_direction(obj, seed=0)
     d2 = L.random_direction(obj, seed=1)
     alphas = np.linspace(-1, 1, 9)
-    grid = L.slice_2d(obj, d1, d2, alphas, alphas) - L.slice_2d(obj, d1, d2, alphas, alphas).min() + 0.1
+    grid = L.slice_2d(obj, d1, d2, alphas, alphas)
+    grid = grid - grid.min() + 0.1  # positive, for the log-scaled contour levels
     p1 = L.plot_contour(alphas, alphas, grid, tmp_path / "sub" / "c.png",
                         trajectory=np.array([[0.5, 0.5], [0.1, 0.2], [0, 0]]), title="t")
     p2 = L.plot_line(alphas, {"d1": grid[4], "d2": grid[:, 4]}, tmp_path / "l.png", logy=True)

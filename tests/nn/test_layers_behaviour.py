@@ -400,3 +400,13 @@ def test_mixed_devices_raise(cuda_device):
     layer = nn.Linear(2, 2).to(cuda_device)
     with pytest.raises(ValueError, match="cuda.*cpu|cpu.*cuda"):
         layer(np.zeros((1, 2), np.float32))
+
+
+@pytest.mark.cuda
+def test_layers_built_on_a_device(cuda_device):
+    for layer in (nn.Linear(2, 3, device=cuda_device), nn.Conv2d(1, 2, 3, device=cuda_device),
+                  nn.ConvTranspose2d(1, 2, 3, device=cuda_device),
+                  nn.BatchNorm2d(2, device=cuda_device, dtype=np.float64)):
+        assert layer.device == cuda_device
+        assert all(K.device_of(v) == "cpu" for v in layer.state_dict().values())
+    assert K.device_of(layer.running_var) == cuda_device and layer.weight.dtype == np.float64

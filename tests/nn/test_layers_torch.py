@@ -125,6 +125,7 @@ TORCH_CASES = [c for c in CASES if torch is not None and _torch_layer(c.id) is n
 
 
 @pytest.mark.skipif(torch is None, reason="torch is not installed")
+@pytest.mark.filterwarnings("ignore:Using padding='same'")  # torch's note on its own speed
 @pytest.mark.parametrize("case", TORCH_CASES, ids=[c.id for c in TORCH_CASES])
 def test_matches_torch(case):
     layer, x = build(case)

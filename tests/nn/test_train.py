@@ -1,7 +1,9 @@
 """nn.train: the fit loop, metrics files, early stopping, exact resume, the NaN guard; nn.plots."""
 import csv
+import io
 import json
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -142,6 +144,33 @@ def test_non_finite_loss_stops_before_updating_or_saving(tmp_path):
         assert np.isfinite(p.data).all()
 
 
+class FakeTerminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_progress_bar_only_on_a_terminal_and_not_when_quiet(monkeypatch):
+    import functools
+
+    import tqdm
+    # Redraw on every update so the test sees each state of the bar.
+    monkeypatch.setattr(tqdm, "tqdm", functools.partial(tqdm.tqdm, mininterval=0, miniters=1))
+    train_loader, val_loader = loaders()
+    lines = []
+    for quiet, stream in ((False, io.StringIO()), (True, FakeTerminal()), (False, FakeTerminal())):
+        monkeypatch.setattr(sys, "stderr", stream)
+        trainer = make_trainer(make_model(0), log=lines.append)
+        trainer.quiet = quiet
+        trainer.fit(train_loader, val_loader, epochs=1)
+        shown = stream.getvalue()
+        if quiet or not stream.isatty():
+            assert shown == ""
+        else:
+            assert "epoch 1/1" in shown and "5/5" in shown and "loss=" in shown
+    # The per-epoch line goes to the log unless quiet (two of the three runs).
+    assert len(lines) == 2 and lines[0].startswith("epoch 1/1  train loss")
+
+
 def test_patience_without_validation_data_is_refused():
     model = make_model(0)
     train_loader, _ = loaders()
@@ -161,6 +190,26 @@ def test_reconstruction_task_and_plateau_schedule():
     history = trainer.fit(data.DataLoader(train, batch_size=16), data.DataLoader(val), epochs=5)
     assert "train_accuracy" not in history[0] and "val_accuracy" not in history[0]
     assert history[-1]["val_loss"] < history[0]["val_loss"]
+
+
+@pytest.mark.cuda
+def test_fit_on_the_cuda_device_matches_the_cpu(cuda_device, tmp_path):
+    # Tiny on purpose: under the simulator every GPU thread is a Python thread.
+    ds = data.blobs(n=16, num_classes=3, seed=0)
+    results = {}
+    for device in ("cpu", cuda_device):
+        model = make_model(0, dropout=False).to(device)
+        loader = data.DataLoader(ds, batch_size=8, shuffle=True, seed=0, device=device)
+        trainer = make_trainer(model, tmp_path / device)
+        history = trainer.fit(loader, data.DataLoader(ds, batch_size=16, device=device),
+                              epochs=2)
+        assert nn.load(tmp_path / device / CHECKPOINT_NAME)["epoch"] == 2
+        results[device] = (history, params(model))
+    (cpu_history, cpu_params), (gpu_history, gpu_params) = results["cpu"], results[cuda_device]
+    np.testing.assert_allclose([r["val_loss"] for r in gpu_history],
+                               [r["val_loss"] for r in cpu_history], rtol=1e-5)
+    for k, v in cpu_params.items():
+        np.testing.assert_allclose(gpu_params[k], v, rtol=1e-5, atol=1e-6, err_msg=k)
 
 
 @pytest.mark.skipif(not plots.available(), reason="matplotlib is not installed")
