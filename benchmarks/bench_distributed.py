@@ -7,7 +7,9 @@ Run on 2 ranks (as many processes as this machine has cores), one Numba thread e
         benchmarks/bench_distributed.py --benchmark-only -p no:cacheprovider
 
 and the single-process reference (2 threads, global batch 64) with plain
-``pytest benchmarks/bench_distributed.py --benchmark-only``.  Every rank runs the same
+``pytest benchmarks/bench_distributed.py --benchmark-only``.  Both ranks print a table; for
+JSON, give each its own file: ``mpiexec -n 2 sh -c 'python -m mpi4py -m pytest ...
+--benchmark-json=out.$PMI_RANK.json'``.  Every rank runs the same
 benchmarks with fixed round counts (``pedantic``), so the collectives stay in lockstep; the
 multi-rank cases skip in a single process and vice versa.
 
@@ -114,7 +116,7 @@ def test_lenet_step(benchmark, mode):
         def run():
             with dp.no_sync():
                 _step(dp, optimizer, x, labels)
-    benchmark.pedantic(run, setup=_WORLD.barrier, rounds=30, warmup_rounds=3)
+    benchmark.pedantic(run, setup=_WORLD.barrier, rounds=100, warmup_rounds=5)
     _record_step(benchmark, batch, _WORLD.size)
 
 
@@ -138,5 +140,5 @@ def test_lenet_gradient_sync(benchmark):
 def test_lenet_step_single_process(benchmark):
     model, x, labels = _lenet_problem(GLOBAL_BATCH, _WORLD)
     optimizer = nn.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    benchmark.pedantic(_step, args=(model, optimizer, x, labels), rounds=30, warmup_rounds=3)
+    benchmark.pedantic(_step, args=(model, optimizer, x, labels), rounds=100, warmup_rounds=5)
     _record_step(benchmark, GLOBAL_BATCH, 1)

@@ -3,7 +3,7 @@
     x (N, C, H, W),  w (OC, C/groups, KH, KW),  b (OC,)  ->  y (N, OC, OH, OW)
     OH = (H + pad_top + pad_bottom - dh*(KH-1) - 1) // sh + 1          (OW likewise)
     y[n, oc, oh, ow] = b[oc] + sum_{c, kh, kw} w[oc, c, kh, kw]
-                                 * x[n, g*C/groups + c, oh*sh - pad_top + kh*dh, ow*sw - pad_left + kw*dw]
+                         * x[n, g*C/groups + c, oh*sh - pad_top + kh*dh, ow*sw - pad_left + kw*dw]
     where g = oc // (OC/groups) and x is zero outside the image.
 
 Backward: ``grad_x`` is the transposed convolution of ``grad_y`` with ``w``; ``grad_w[oc, c,
@@ -38,7 +38,7 @@ from .conv_cpu import (_conv2d_backward_bias_cpu, _conv2d_backward_input_direct_
 from .conv_cuda import (_conv2d_backward_bias_cuda, _conv2d_backward_input_cuda,
                         _conv2d_backward_weight_cuda, _conv2d_forward_cuda)
 from .device import CPU, array_module, device_of, launch
-from .threads import numba_threads, single_threaded_blas
+from .threads import dynamic_schedule, numba_threads, single_threaded_blas
 
 __all__ = ["conv2d_forward", "conv2d_backward_input", "conv2d_backward_weight",
            "conv2d_backward_bias", "conv2d_backward", "conv_transpose2d_forward",
@@ -228,9 +228,11 @@ def _flops(N, w_shape, out_hw):
 
 
 def _run_cpu(kernel, flops, uses_blas, *args):
-    """Run a CPU loop with its thread count last: one thread for tiny work; BLAS kept to one."""
+    """Run a CPU loop (its workspace count last): one thread for tiny work, items handed out
+    one at a time, BLAS kept to one thread."""
     n = 1 if flops < _SERIAL_FLOPS else numba.get_num_threads()
-    with numba_threads(n), (single_threaded_blas() if uses_blas else nullcontext()):
+    with numba_threads(n) as n, dynamic_schedule(), \
+            (single_threaded_blas() if uses_blas else nullcontext()):
         kernel(*args, n)
 
 
@@ -389,7 +391,7 @@ def conv2d_backward_weight(grad_y, x, w_shape, stride=1, padding=0, dilation=1, 
 
 
 def conv2d_backward_bias(grad_y):
-    """The gradient of ``conv2d_forward`` with respect to ``b``: ``grad_y`` summed over (n, oh, ow)."""
+    """The gradient of ``conv2d_forward`` with respect to ``b``: grad_y summed over n, oh, ow."""
     check_float("grad_y", grad_y, 4)
     check_floats(grad_y=grad_y)
     return _backward_bias(grad_y)
@@ -425,7 +427,7 @@ def conv_transpose2d_output_shape(x_shape, w_shape, stride=1, padding=0, output_
 
 def conv_transpose2d_forward(x, w, b=None, stride=1, padding=0, output_padding=0, groups=1,
                              dilation=1, *, algo="auto"):
-    """``torch.nn.functional.conv_transpose2d(x, w, b, stride, padding, output_padding, groups, dilation)``."""
+    """torch.nn.functional.conv_transpose2d with the same arguments, in the same order."""
     check_float("x", x, 4)
     check_float("w", w, 4)
     if b is not None:
@@ -448,7 +450,7 @@ def conv_transpose2d_forward(x, w, b=None, stride=1, padding=0, output_padding=0
 def conv_transpose2d_backward(grad_y, x, w, stride=1, padding=0, output_padding=0, groups=1,
                               dilation=1, need_input=True, need_weight=True, need_bias=True, *,
                               algo="auto"):
-    """``(grad_x, grad_w, grad_b)`` of ``conv_transpose2d_forward``; ``None`` for what is not needed."""
+    """``(grad_x, grad_w, grad_b)`` of ``conv_transpose2d_forward``; None for what is not needed."""
     check_float("grad_y", grad_y, 4)
     check_float("x", x, 4)
     check_float("w", w, 4)

@@ -29,7 +29,7 @@ per-chunk partials in a fixed order, the chunks fixed by the batch size.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import get_thread_id, njit, prange
 
 
 # ---------------------------------------------------------------- GEMM design: helpers
@@ -156,27 +156,27 @@ def _conv2d_forward_gemm_cpu(y, x, w2, b, KH, KW, sh, sw, pt, pl, dh, dw, S, R, 
     xbuf = np.empty((nthreads, Hb * Wp * Cg), x.dtype)
     cbuf = np.empty((nthreads, S * R * OW * K), x.dtype)
     obuf = np.empty((nthreads, S * R * OW * OCg), x.dtype)
-    for th in prange(nthreads):
-        for item in range(th * items // nthreads, (th + 1) * items // nthreads):
-            n0 = (item // (groups * bands)) * S
-            g = (item // bands) % groups
-            oh0 = (item % bands) * R
-            Sb = min(S, N - n0)
-            Rb = min(R, OH - oh0)
-            T = Rb * OW
-            cols = cbuf[th, :Sb * T * K].reshape(Sb * T, K)
-            _band_cols(cols, xbuf[th], x, n0, Sb, g * Cg, oh0, Rb, KH, KW, sh, sw, pt, pl, dh,
-                       dw, OW)
-            out = obuf[th, :Sb * T * OCg].reshape(Sb * T, OCg)
-            np.dot(cols, w2[g].T, out)
-            # back to NCHW, with the bias fused into the same pass
-            for s in range(Sb):
-                part = out[s * T:(s + 1) * T]
-                for o in range(OCg):
-                    dst = yf[n0 + s, g * OCg + o, oh0 * OW:]
-                    bias = b[g * OCg + o]
-                    for t in range(T):
-                        dst[t] = part[t, o] + bias
+    for item in prange(items):
+        th = get_thread_id()
+        n0 = (item // (groups * bands)) * S
+        g = (item // bands) % groups
+        oh0 = (item % bands) * R
+        Sb = min(S, N - n0)
+        Rb = min(R, OH - oh0)
+        T = Rb * OW
+        cols = cbuf[th, :Sb * T * K].reshape(Sb * T, K)
+        _band_cols(cols, xbuf[th], x, n0, Sb, g * Cg, oh0, Rb, KH, KW, sh, sw, pt, pl, dh,
+                   dw, OW)
+        out = obuf[th, :Sb * T * OCg].reshape(Sb * T, OCg)
+        np.dot(cols, w2[g].T, out)
+        # back to NCHW, with the bias fused into the same pass
+        for s in range(Sb):
+            part = out[s * T:(s + 1) * T]
+            for o in range(OCg):
+                dst = yf[n0 + s, g * OCg + o, oh0 * OW:]
+                bias = b[g * OCg + o]
+                for t in range(T):
+                    dst[t] = part[t, o] + bias
 
 
 @njit(parallel=True, cache=True)
@@ -196,28 +196,28 @@ def _conv2d_backward_input_gemm_cpu(gx, gy, w2, KH, KW, sh, sw, pt, pl, dh, dw, 
     xbuf = np.empty((nthreads, Hp * Wp * Cg), gx.dtype)
     gbuf = np.empty((nthreads, S * R * OW * OCg), gx.dtype)
     cbuf = np.empty((nthreads, S * R * OW * K), gx.dtype)
-    for th in prange(nthreads):
+    for item in prange(items):
+        th = get_thread_id()
         gxp = xbuf[th].reshape(Hp, Wp, Cg)
-        for item in range(th * items // nthreads, (th + 1) * items // nthreads):
-            n0 = (item // groups) * S
-            g = item % groups
-            Sb = min(S, N - n0)
-            for oh0 in range(0, OH, R):
-                T = min(R, OH - oh0) * OW
-                gyt = gbuf[th, :Sb * T * OCg].reshape(Sb * T, OCg)
-                for s in range(Sb):
-                    for o in range(OCg):
-                        src = gyf[n0 + s, g * OCg + o, oh0 * OW:]
-                        for t in range(T):
-                            gyt[s * T + t, o] = src[t]
-                gcols = cbuf[th, :Sb * T * K].reshape(Sb * T, K)
-                np.dot(gyt, w2[g], gcols)
-                for s in range(Sb):
-                    if oh0 == 0:
-                        gxp[:, :, :] = 0
-                    _col2im_add(gxp, gcols[s * T:(s + 1) * T], oh0, OW, KH, KW, sh, sw, dh, dw)
-                    if oh0 + R >= OH:
-                        _unpad_nhwc(gx[n0 + s], gxp, g * Cg, pt, pl)
+        n0 = (item // groups) * S
+        g = item % groups
+        Sb = min(S, N - n0)
+        for oh0 in range(0, OH, R):
+            T = min(R, OH - oh0) * OW
+            gyt = gbuf[th, :Sb * T * OCg].reshape(Sb * T, OCg)
+            for s in range(Sb):
+                for o in range(OCg):
+                    src = gyf[n0 + s, g * OCg + o, oh0 * OW:]
+                    for t in range(T):
+                        gyt[s * T + t, o] = src[t]
+            gcols = cbuf[th, :Sb * T * K].reshape(Sb * T, K)
+            np.dot(gyt, w2[g], gcols)
+            for s in range(Sb):
+                if oh0 == 0:
+                    gxp[:, :, :] = 0
+                _col2im_add(gxp, gcols[s * T:(s + 1) * T], oh0, OW, KH, KW, sh, sw, dh, dw)
+                if oh0 + R >= OH:
+                    _unpad_nhwc(gx[n0 + s], gxp, g * Cg, pt, pl)
 
 
 @njit(parallel=True, cache=True)
@@ -237,34 +237,34 @@ def _conv2d_backward_weight_gemm_cpu(part, gy, x, KH, KW, sh, sw, pt, pl, dh, dw
     cbuf = np.empty((nthreads, S * R * OW * K), x.dtype)
     gbuf = np.empty((nthreads, OCg * S * R * OW), x.dtype)
     tbuf = np.empty((nthreads, OCg * K), x.dtype)
-    for th in prange(nthreads):
+    for k in prange(chunks):
+        th = get_thread_id()
         tmp = tbuf[th].reshape(OCg, K)
-        for k in range(th * chunks // nthreads, (th + 1) * chunks // nthreads):
-            part[k] = 0
-            end = (k + 1) * N // chunks
-            for n0 in range(k * N // chunks, end, S):
-                Sb = min(S, end - n0)
-                for g in range(groups):
-                    for oh0 in range(0, OH, R):
-                        Rb = min(R, OH - oh0)
-                        T = Rb * OW
-                        cols = cbuf[th, :Sb * T * K].reshape(Sb * T, K)
-                        _band_cols(cols, xbuf[th], x, n0, Sb, g * Cg, oh0, Rb, KH, KW, sh, sw,
-                                   pt, pl, dh, dw, OW)
-                        gyt = gbuf[th, :OCg * Sb * T].reshape(OCg, Sb * T)
-                        for o in range(OCg):
-                            dst = gyt[o]
-                            for s in range(Sb):
-                                src = gyf[n0 + s, g * OCg + o, oh0 * OW:]
-                                for t in range(T):
-                                    dst[s * T + t] = src[t]
-                        np.dot(gyt, cols, tmp)
-                        acc = part[k, g]
-                        for o in range(OCg):
-                            a = acc[o]
-                            src = tmp[o]
-                            for j in range(K):
-                                a[j] += src[j]
+        part[k] = 0
+        end = (k + 1) * N // chunks
+        for n0 in range(k * N // chunks, end, S):
+            Sb = min(S, end - n0)
+            for g in range(groups):
+                for oh0 in range(0, OH, R):
+                    Rb = min(R, OH - oh0)
+                    T = Rb * OW
+                    cols = cbuf[th, :Sb * T * K].reshape(Sb * T, K)
+                    _band_cols(cols, xbuf[th], x, n0, Sb, g * Cg, oh0, Rb, KH, KW, sh, sw,
+                               pt, pl, dh, dw, OW)
+                    gyt = gbuf[th, :OCg * Sb * T].reshape(OCg, Sb * T)
+                    for o in range(OCg):
+                        dst = gyt[o]
+                        for s in range(Sb):
+                            src = gyf[n0 + s, g * OCg + o, oh0 * OW:]
+                            for t in range(T):
+                                dst[s * T + t] = src[t]
+                    np.dot(gyt, cols, tmp)
+                    acc = part[k, g]
+                    for o in range(OCg):
+                        a = acc[o]
+                        src = tmp[o]
+                        for j in range(K):
+                            a[j] += src[j]
 
 
 # ---------------------------------------------------------------- direct design (small layers)
@@ -316,50 +316,50 @@ def _conv2d_forward_direct_cpu(y, x, w, b, sh, sw, pt, pl, dh, dw, groups, nthre
     items = N * groups
     xbuf = np.empty((nthreads, Cg * Hp * Wp), x.dtype)
     abuf = np.empty((nthreads, Hp * Wp), x.dtype)
-    for th in prange(nthreads):
+    for item in prange(items):
+        th = get_thread_id()
         xp = xbuf[th].reshape(Cg, Hp, Wp)
         acc = abuf[th, :L]
-        for item in range(th * items // nthreads, (th + 1) * items // nthreads):
-            n = item // groups
-            g = item % groups
-            _pad_nchw(xp, x[n], g * Cg, pt, pl)
-            for o in range(OCg):
-                oc = g * OCg + o
-                yp = y[n, oc]
-                if sh == 1 and sw == 1:
-                    acc[:] = b[oc]
-                    for c in range(Cg):
-                        xf = xp[c].reshape(-1)
-                        for kh in range(KH):
-                            # two taps per pass halve the accumulator's loads and stores
-                            for kw in range(0, KW - 1, 2):
-                                w0 = w[oc, c, kh, kw]
-                                w1 = w[oc, c, kh, kw + 1]
-                                s0 = xf[kh * dh * Wp + kw * dw:]
-                                s1 = xf[kh * dh * Wp + (kw + 1) * dw:]
-                                for q in range(L):
-                                    acc[q] += w0 * s0[q] + w1 * s1[q]
-                            if KW % 2:
-                                wv = w[oc, c, kh, KW - 1]
-                                src = xf[kh * dh * Wp + (KW - 1) * dw:]
-                                for q in range(L):
-                                    acc[q] += wv * src[q]
-                    for oh in range(OH):
-                        dst = yp[oh]
-                        src = acc[oh * Wp:]
-                        for ow in range(OW):
-                            dst[ow] = src[ow]
-                    continue
-                yp[:, :] = b[oc]
+        n = item // groups
+        g = item % groups
+        _pad_nchw(xp, x[n], g * Cg, pt, pl)
+        for o in range(OCg):
+            oc = g * OCg + o
+            yp = y[n, oc]
+            if sh == 1 and sw == 1:
+                acc[:] = b[oc]
                 for c in range(Cg):
+                    xf = xp[c].reshape(-1)
                     for kh in range(KH):
-                        for kw in range(KW):
-                            wv = w[oc, c, kh, kw]
-                            for oh in range(OH):
-                                src = xp[c, oh * sh + kh * dh, kw * dw:]
-                                dst = yp[oh]
-                                for ow in range(OW):
-                                    dst[ow] += wv * src[ow * sw]
+                        # two taps per pass halve the accumulator's loads and stores
+                        for kw in range(0, KW - 1, 2):
+                            w0 = w[oc, c, kh, kw]
+                            w1 = w[oc, c, kh, kw + 1]
+                            s0 = xf[kh * dh * Wp + kw * dw:]
+                            s1 = xf[kh * dh * Wp + (kw + 1) * dw:]
+                            for q in range(L):
+                                acc[q] += w0 * s0[q] + w1 * s1[q]
+                        if KW % 2:
+                            wv = w[oc, c, kh, KW - 1]
+                            src = xf[kh * dh * Wp + (KW - 1) * dw:]
+                            for q in range(L):
+                                acc[q] += wv * src[q]
+                for oh in range(OH):
+                    dst = yp[oh]
+                    src = acc[oh * Wp:]
+                    for ow in range(OW):
+                        dst[ow] = src[ow]
+                continue
+            yp[:, :] = b[oc]
+            for c in range(Cg):
+                for kh in range(KH):
+                    for kw in range(KW):
+                        wv = w[oc, c, kh, kw]
+                        for oh in range(OH):
+                            src = xp[c, oh * sh + kh * dh, kw * dw:]
+                            dst = yp[oh]
+                            for ow in range(OW):
+                                dst[ow] += wv * src[ow * sw]
 
 
 @njit(parallel=True, cache=True, fastmath={"contract"})
@@ -377,45 +377,45 @@ def _conv2d_backward_input_direct_cpu(gx, gy, w, sh, sw, pt, pl, dh, dw, groups,
     items = N * groups
     xbuf = np.empty((nthreads, Cg * Hp * Wp), gx.dtype)
     abuf = np.empty((nthreads, Hp * Wp), gx.dtype)
-    for th in prange(nthreads):
+    for item in prange(items):
+        th = get_thread_id()
         gxp = xbuf[th].reshape(Cg, Hp, Wp)
         wide = abuf[th, :L]
-        for item in range(th * items // nthreads, (th + 1) * items // nthreads):
-            n = item // groups
-            g = item % groups
-            gxp[:, :, :] = 0
-            for o in range(OCg):
-                oc = g * OCg + o
-                if sh == 1 and sw == 1:
-                    _widen(wide, gy[n, oc], Wp)
-                    for c in range(Cg):
-                        gf = gxp[c].reshape(-1)
-                        for kh in range(KH):
-                            for kw in range(KW):
-                                wv = w[oc, c, kh, kw]
-                                dst = gf[kh * dh * Wp + kw * dw:]
-                                for q in range(L):
-                                    dst[q] += wv * wide[q]
-                    continue
+        n = item // groups
+        g = item % groups
+        gxp[:, :, :] = 0
+        for o in range(OCg):
+            oc = g * OCg + o
+            if sh == 1 and sw == 1:
+                _widen(wide, gy[n, oc], Wp)
                 for c in range(Cg):
+                    gf = gxp[c].reshape(-1)
                     for kh in range(KH):
                         for kw in range(KW):
                             wv = w[oc, c, kh, kw]
-                            for oh in range(OH):
-                                dst = gxp[c, oh * sh + kh * dh, kw * dw:]
-                                src = gy[n, oc, oh]
-                                for ow in range(OW):
-                                    dst[ow * sw] += wv * src[ow]
-            hs = max(0, min(H, Hp - pt))
-            ws = max(0, min(W, Wp - pl))
+                            dst = gf[kh * dh * Wp + kw * dw:]
+                            for q in range(L):
+                                dst[q] += wv * wide[q]
+                continue
             for c in range(Cg):
-                plane = gx[n, g * Cg + c]
-                plane[:, :] = 0
-                for h in range(hs):
-                    dst = plane[h]
-                    src = gxp[c, pt + h, pl:]
-                    for w_ in range(ws):
-                        dst[w_] = src[w_]
+                for kh in range(KH):
+                    for kw in range(KW):
+                        wv = w[oc, c, kh, kw]
+                        for oh in range(OH):
+                            dst = gxp[c, oh * sh + kh * dh, kw * dw:]
+                            src = gy[n, oc, oh]
+                            for ow in range(OW):
+                                dst[ow * sw] += wv * src[ow]
+        hs = max(0, min(H, Hp - pt))
+        ws = max(0, min(W, Wp - pl))
+        for c in range(Cg):
+            plane = gx[n, g * Cg + c]
+            plane[:, :] = 0
+            for h in range(hs):
+                dst = plane[h]
+                src = gxp[c, pt + h, pl:]
+                for w_ in range(ws):
+                    dst[w_] = src[w_]
 
 
 @njit(parallel=True, cache=True, fastmath={"reassoc", "contract"})
@@ -432,34 +432,34 @@ def _conv2d_backward_weight_direct_cpu(part, gy, x, sh, sw, pt, pl, dh, dw, zero
     L = (OH - 1) * Wp + OW
     xbuf = np.empty((nthreads, Cg * Hp * Wp), x.dtype)
     abuf = np.empty((nthreads, Hp * Wp), x.dtype)
-    for th in prange(nthreads):
+    for k in prange(chunks):
+        th = get_thread_id()
         xp = xbuf[th].reshape(Cg, Hp, Wp)
         wide = abuf[th, :L]
-        for k in range(th * chunks // nthreads, (th + 1) * chunks // nthreads):
-            part[k] = 0
-            for n in range(k * N // chunks, (k + 1) * N // chunks):
-                for g in range(groups):
-                    _pad_nchw(xp, x[n], g * Cg, pt, pl)
-                    for o in range(OCg):
-                        oc = g * OCg + o
-                        if sh == 1 and sw == 1:
-                            _widen(wide, gy[n, oc], Wp)
-                        for c in range(Cg):
-                            xf = xp[c].reshape(-1)
-                            for kh in range(KH):
-                                for kw in range(KW):
-                                    acc = zero
-                                    if sh == 1 and sw == 1:
-                                        src = xf[kh * dh * Wp + kw * dw:]
-                                        for q in range(L):
-                                            acc += wide[q] * src[q]
-                                    else:
-                                        for oh in range(OH):
-                                            src = xp[c, oh * sh + kh * dh, kw * dw:]
-                                            gyr = gy[n, oc, oh]
-                                            for ow in range(OW):
-                                                acc += gyr[ow] * src[ow * sw]
-                                    part[k, oc, c, kh, kw] += acc
+        part[k] = 0
+        for n in range(k * N // chunks, (k + 1) * N // chunks):
+            for g in range(groups):
+                _pad_nchw(xp, x[n], g * Cg, pt, pl)
+                for o in range(OCg):
+                    oc = g * OCg + o
+                    if sh == 1 and sw == 1:
+                        _widen(wide, gy[n, oc], Wp)
+                    for c in range(Cg):
+                        xf = xp[c].reshape(-1)
+                        for kh in range(KH):
+                            for kw in range(KW):
+                                acc = zero
+                                if sh == 1 and sw == 1:
+                                    src = xf[kh * dh * Wp + kw * dw:]
+                                    for q in range(L):
+                                        acc += wide[q] * src[q]
+                                else:
+                                    for oh in range(OH):
+                                        src = xp[c, oh * sh + kh * dh, kw * dw:]
+                                        gyr = gy[n, oc, oh]
+                                        for ow in range(OW):
+                                            acc += gyr[ow] * src[ow * sw]
+                                part[k, oc, c, kh, kw] += acc
 
 
 @njit(parallel=True, cache=True, fastmath={"reassoc", "contract"})

@@ -43,7 +43,7 @@ TRAIN_DEFAULTS = {
     "test_fraction": 0.1,
 }
 # Options a resumed run may change; everything else comes from the checkpoint's config.
-RESUME_MAY_CHANGE = ("epochs", "device", "out", "quiet", "threads")
+RESUME_MAY_CHANGE = ("epochs", "device", "out", "quiet", "threads", "distributed")
 
 
 class UserError(Exception):
@@ -114,9 +114,12 @@ def _add_train(p):
                    help=f"digits, synthetic, a .npz file with x/y arrays, or MNIST-style IDX "
                         f"files (a folder or an images file) (default {d['dataset']})")
     p.add_argument("--device", choices=("cpu", "cuda"), help=f"(default {d['device']})")
-    p.add_argument("--epochs", type=_positive(int), metavar="N", help=f"total epochs (default {d['epochs']})")
-    p.add_argument("--batch-size", type=_positive(int), metavar="N", help=f"(default {d['batch_size']})")
-    p.add_argument("--lr", type=_positive(float), metavar="X", help=f"learning rate (default {d['lr']})")
+    p.add_argument("--epochs", type=_positive(int), metavar="N",
+                   help=f"total epochs (default {d['epochs']})")
+    p.add_argument("--batch-size", type=_positive(int), metavar="N",
+                   help=f"(default {d['batch_size']})")
+    p.add_argument("--lr", type=_positive(float), metavar="X",
+                   help=f"learning rate (default {d['lr']})")
     p.add_argument("--optimizer", choices=OPTIMIZERS, help=f"(default {d['optimizer']})")
     p.add_argument("--momentum", type=_fraction, metavar="X",
                    help=f"SGD momentum (default {d['momentum']})")
@@ -127,18 +130,23 @@ def _add_train(p):
                         f"{d['schedule']}): step (x0.1 every third of the epochs), cosine "
                         f"(to 0 over the epochs), exponential (x0.9 per epoch), plateau (x0.5 "
                         f"after 2 epochs without a better validation loss), warmup (linear "
-                        f"from 0.1x over the first epochs/5, at most 5), warmup-cosine"),
+                        f"from 0.1x over the first epochs/5, at most 5), warmup-cosine")
     p.add_argument("--patience", type=_positive(int), metavar="N",
                    help=f"stop after this many epochs without a better validation loss "
                         f"(default {d['patience']})")
-    p.add_argument("--seed", type=int, metavar="N", help=f"seeds the split, shuffling, initialisation and "
-                                            f"dropout (default {d['seed']})")
+    p.add_argument("--seed", type=int, metavar="N",
+                   help=f"seeds the split, shuffling, initialisation and dropout (default "
+                        f"{d['seed']})")
     p.add_argument("--out", metavar="DIR",
                    help="run folder (default runs/<time>-<model>-<dataset>)")
     p.add_argument("--resume", metavar="PATH",
                    help="continue from a checkpoint (or its run folder) with its own config; "
                         "only " + ", ".join("--" + k for k in RESUME_MAY_CHANGE) + " may change")
     p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
+    p.add_argument("--distributed", action="store_true",
+                   help="data-parallel over the processes of 'mpiexec -n N python -m mpi4py "
+                        "-m nn train --distributed' (NCCL with --device cuda); --batch-size "
+                        "stays the global batch; rank 0 prints and writes the run folder")
     _add_threads(p)
 
 
@@ -341,7 +349,13 @@ def run_train(args, out=None):
         config.update({k: v for k, v in given.items() if k in TRAIN_DEFAULTS})
         run_dir = _resolve_run_dir(config, args.out)
     _check_device(config["device"])
-    quiet = bool(args.quiet)
+    comm = None
+    if getattr(args, "distributed", False):
+        from . import distributed as dist
+        comm = dist.init("nccl" if config["device"] == "cuda" and not kernels.SIMULATOR
+                         else "mpi")
+    is_main = comm is None or comm.is_main
+    quiet = bool(args.quiet) or not is_main
 
     def say(*parts):
         if not quiet:
@@ -360,9 +374,15 @@ def run_train(args, out=None):
         ds, batch_size=config["batch_size"], shuffle=shuffle,
         generator=_rng(config["seed"], 1) if shuffle else None, device=config["device"])
     train_loader, val_loader = loader(train, True), loader(val, False)
+    trained = model
+    if comm is not None:  # every rank: its share of each global batch, and of validation
+        train_loader = dist.ShardedLoader(train_loader, comm)
+        val_loader = loader(dist.shard_dataset(val, comm), False)
+        trained = dist.DataParallel(model, comm)
 
-    os.makedirs(run_dir, exist_ok=True)
-    _write_json(os.path.join(run_dir, "config.json"), config)
+    if is_main:
+        os.makedirs(run_dir, exist_ok=True)
+        _write_json(os.path.join(run_dir, "config.json"), config)
     classes = f", {config['num_classes']} classes" if task == "classification" else ""
     say(f"data: {config['dataset']}: {len(train)} train / {len(val)} validation / {len(test)} "
         f"test samples of shape {tuple(config['sample_shape'])}{classes}")
@@ -372,10 +392,13 @@ def run_train(args, out=None):
         f"{config['epochs']} epochs")
     if resume is not None:
         say(f"resuming from {args.resume} after epoch {resume['epoch']}")
-    trainer = Trainer(model, loss_fn, optimizer, scheduler, task=task, run_dir=run_dir,
+    trainer = Trainer(trained, loss_fn, optimizer, scheduler, task=task,
+                      run_dir=run_dir if is_main else None, comm=comm,
                       patience=config["patience"], quiet=quiet, config=config,
                       log=lambda line: print(line, file=out, flush=True))
     trainer.fit(train_loader, val_loader, epochs=config["epochs"], resume=resume)
+    if not is_main:  # rank 0 holds the same weights and does the rest
+        return 0
 
     result = evaluate(model, loader(test, False), loss_fn, task, config.get("num_classes"))
     _write_json(os.path.join(run_dir, "test.json"), _jsonable(result, trainer.best_epoch))

@@ -201,7 +201,8 @@ class Normalize:
         return cls(d["mean"], d["std"])
 
     def __repr__(self):
-        return f"Normalize(mean={np.round(self.mean, 4).tolist()}, std={np.round(self.std, 4).tolist()})"
+        return (f"Normalize(mean={np.round(self.mean, 4).tolist()}, "
+                f"std={np.round(self.std, 4).tolist()})")
 
 
 # ---------------------------------------------------------------------- built-in data sets

@@ -122,11 +122,15 @@ class Trainer:
     ``restore_best``: end with the weights of the epoch with the best validation loss.
     ``quiet``: no progress bar and no per-epoch lines (``log`` prints those lines).
     ``config``: a JSON-able dict stored in every checkpoint (how to rebuild the run).
+    ``comm``: an ``nn.distributed`` communicator for data-parallel training (the model
+    wrapped in ``DataParallel``, the loaders sharded): training metrics are summed over the
+    ranks, validation results (from each rank's shard) are reduced, and only rank 0 logs and
+    writes files.
     """
 
     def __init__(self, model, loss_fn, optimizer, scheduler=None, *, task="classification",
                  run_dir=None, patience=None, restore_best=True, quiet=False, config=None,
-                 log=print):
+                 log=print, comm=None):
         if task not in TASKS:
             raise ValueError(f"task: expected one of {TASKS}, got {task!r}")
         if patience is not None and (isinstance(patience, bool) or int(patience) != patience
@@ -143,6 +147,10 @@ class Trainer:
         self.quiet = quiet
         self.config = dict(config or {})
         self.log = log
+        self.comm = comm
+        self.is_main = comm is None or comm.rank == 0
+        if not self.is_main:
+            self.quiet = True
         self.history = []
         self.epoch = 0
         self.best_epoch = None
@@ -166,14 +174,16 @@ class Trainer:
                 yield name, gen
 
     def _rng_state(self, train_loader):
+        generator = getattr(train_loader, "generator", None)
         return {
-            "loader": train_loader.generator.bit_generator.state,
+            "loader": None if generator is None else generator.bit_generator.state,
             "modules": {name: gen.bit_generator.state for name, gen in self._module_generators()},
             "init": nn_init.default_generator().bit_generator.state,
         }
 
     def _set_rng_state(self, train_loader, state):
-        train_loader.generator.bit_generator.state = state["loader"]
+        if state["loader"] is not None:
+            train_loader.generator.bit_generator.state = state["loader"]
         for name, gen in self._module_generators():
             if name in state["modules"]:
                 gen.bit_generator.state = state["modules"][name]
@@ -236,7 +246,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ metrics files
     def write_metrics(self):
-        if self.run_dir is None:
+        if self.run_dir is None or not self.is_main:
             return
         keys = []
         for row in self.history:
@@ -284,6 +294,10 @@ class Trainer:
         finally:
             if bar is not None:
                 bar.close()
+        if self.comm is not None and self.comm.size > 1:
+            from .distributed import allreduce_values
+            total_loss, total, correct = allreduce_values(
+                self.comm, [total_loss, total, correct]).tolist()
         row = {"epoch": self.epoch, "lr": _current_lr(optimizer),
                "train_loss": total_loss / max(total, 1)}
         if self.task == "classification":
@@ -308,6 +322,9 @@ class Trainer:
             row = self._train_epoch(train_loader, epochs)
             if val_loader is not None:
                 val = evaluate(self.model, val_loader, self.loss_fn, self.task)
+                if self.comm is not None and self.comm.size > 1:
+                    from .distributed import reduce_evaluation
+                    val = reduce_evaluation(self.comm, val)
                 row["val_loss"] = val["loss"]
                 if "accuracy" in val:
                     row["val_accuracy"] = val["accuracy"]
@@ -323,7 +340,7 @@ class Trainer:
                 else:
                     self.scheduler.step()
             self.history.append(row)
-            if self.checkpoint_path is not None:
+            if self.checkpoint_path is not None and self.is_main:
                 self.save_checkpoint(train_loader)
             self.write_metrics()
             if not self.quiet:
@@ -352,7 +369,7 @@ class Trainer:
             parts.append(f"| val loss {row['val_loss']:.4f}")
             if "val_accuracy" in row:
                 parts.append(f"acc {100 * row['val_accuracy']:5.1f}%")
-        parts.append(f"| lr {row['lr']:.3g} | {row['train_seconds']:.1f} s")
+        parts.append(f"| lr {row['lr']:.3g} | {row['train_seconds']:.2f} s")
         if self.best_epoch == row["epoch"]:
             parts.append("*")
         if self.stopped_early and row is self.history[-1]:
@@ -363,7 +380,7 @@ class Trainer:
 
 def fit(model, train_loader, val_loader=None, *, loss_fn, optimizer, scheduler=None,
         epochs=10, **trainer_options):
-    """Shortcut: ``Trainer(model, loss_fn, optimizer, scheduler, ...).fit(...)``; returns the Trainer."""
+    """``Trainer(model, loss_fn, optimizer, scheduler, ...).fit(...)``; returns the Trainer."""
     trainer = Trainer(model, loss_fn, optimizer, scheduler, **trainer_options)
     trainer.fit(train_loader, val_loader, epochs=epochs)
     return trainer

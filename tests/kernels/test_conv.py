@@ -52,7 +52,7 @@ def pads_of(padding, w_shape, dilation):
 
 @st.composite
 def conv_configs(draw, max_side=7, max_channels=3):
-    """A valid conv2d problem: shapes, stride, padding (ints, 'same' or 'valid'), dilation, groups."""
+    """A valid conv2d problem: shapes, stride, padding (ints/'same'/'valid'), dilation, groups."""
     groups = draw(st.integers(1, 3))
     cg = draw(st.integers(1, max_channels))
     ocg = draw(st.integers(1, 2))
@@ -370,6 +370,27 @@ def test_transpose_backward_gradcheck_f64(cfg):
     with band_patch(cfg):
         report = gradcheck(forward, backward, {"x": x, "w": w, "b": b})
     assert report.worst_error <= 1e-6 and len(report.tensors) == 3
+
+
+@PROPERTY
+@given(cfg=transpose_configs(max_side=6, max_channels=3))
+def test_transpose_backward_f32_matches_f64(cfg):
+    x, w, _ = transpose_inputs(cfg, np.float32)
+    args = transpose_args(cfg)
+    y_shape = K.conv_transpose2d_output_shape(x.shape, w.shape, **args)
+    gy = np.random.default_rng(cfg["seed"] + 1).standard_normal(y_shape).astype(np.float32)
+    with band_patch(cfg):
+        got = K.conv_transpose2d_backward(gy, x, w, **args, algo=cfg["algo"])
+        exact = K.conv_transpose2d_backward(*(a.astype(np.float64) for a in (gy, x, w)),
+                                            **args, algo=cfg["algo"])
+        bound = K.conv_transpose2d_backward(*(np.abs(a).astype(np.float64) for a in (gy, x, w)),
+                                            **args, algo=cfg["algo"])
+    n, c, h, w_ = x.shape
+    # grad_x sums OC/groups*KH*KW products; grad_w and grad_b sum over every position
+    terms = (w.shape[1] * w.shape[2] * w.shape[3], n * h * w_, n * y_shape[2] * y_shape[3])
+    for name, g, e, bd, t in zip(("grad_x", "grad_w", "grad_b"), got, exact, bound, terms):
+        assert g.dtype == np.float32
+        assert_within(g, e, bd, t, np.float32, name)
 
 
 @PROPERTY

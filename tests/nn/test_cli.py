@@ -63,14 +63,21 @@ def test_train_then_evaluate_as_processes(tiny_npz, tmp_path):
     assert "invalid choice: 'transformer'" in line and "mlp" in line and "autoencoder" in line
 
 
-def test_resume_continues_the_same_run(tiny_npz, tmp_path, capsys):
+def test_resume_continues_the_same_run(tiny_npz, tmp_path, capsys, monkeypatch):
     run_dir = tmp_path / "run"
     base = ["train", "--dataset", tiny_npz, "--model", "mlp", "--batch-size", "50",
             "--out", str(run_dir), "--schedule", "step"]
     assert cli.main(base + ["--epochs", "1"]) == 0
     first = capsys.readouterr().out
     assert "epoch 1/1" in first and "test: accuracy" in first
-    assert cli.main(["train", "--resume", str(run_dir), "--epochs", "2", "--quiet"]) == 0
+    # Without matplotlib: one notice, no figures, and everything else as usual.
+    monkeypatch.setattr(plots, "available", lambda: False)
+    for png in run_dir.glob("*.png"):
+        png.unlink()
+    assert cli.main(["train", "--resume", str(run_dir), "--epochs", "2"]) == 0
+    second = capsys.readouterr().out
+    assert plots.MISSING_NOTICE in second and "epoch 2/2" in second and "epoch 1/" not in second
+    assert not list(run_dir.glob("*.png"))
     history = json.loads((run_dir / "metrics.json").read_text())["history"]
     assert [row["epoch"] for row in history] == [1, 2]
     capsys.readouterr()

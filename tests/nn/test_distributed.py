@@ -620,3 +620,31 @@ def test_nccl_comm_calls_cupy_nccl_as_documented(monkeypatch):
         comm.allreduce_sum(np.zeros(2, dtype=np.complex64).view(_FakeDeviceArray))
     with pytest.raises(ValueError, match="GPU arrays"):
         comm.allreduce_sum(np.zeros(2))
+
+
+@needs_mpi
+def test_mpi_cli_train_resumes_and_matches_one_process(tmp_path):
+    """``mpiexec -n 2 python -m mpi4py -m nn train --distributed``: rank 0 alone prints and
+    writes; 1 epoch + resume to 2 on 2 ranks ends where one process ends after 2 epochs."""
+    from nn.checkpoint import load
+    from nn.cli import main
+
+    options = ["--model", "mlp", "--dataset", "synthetic", "--schedule", "none",
+               "--batch-size", "50", "--quiet"]
+    dist_dir, single_dir = tmp_path / "dist", tmp_path / "single"
+    proc, _ = _run_mpi(2, "-m", "nn", "train", "--distributed", *options, "--epochs", 1,
+                       "--out", dist_dir, timeout=240)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.count("run folder:") == 1  # printed by rank 0 only
+    proc, _ = _run_mpi(2, "-m", "nn", "train", "--distributed", "--resume", dist_dir,
+                       "--epochs", 2, "--quiet", timeout=240)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert main(["train", *options, "--epochs", "2", "--out", str(single_dir)]) == 0
+
+    got, want = load(dist_dir / "checkpoint.npz"), load(single_dir / "checkpoint.npz")
+    assert got["epoch"] == want["epoch"] == 2
+    for key, value in want["model"].items():  # float32: summation order differs by rank
+        np.testing.assert_allclose(got["model"][key], value, rtol=1e-4, atol=1e-6, err_msg=key)
+    for row_got, row_want in zip(got["history"], want["history"], strict=True):
+        for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy"):
+            assert row_got[key] == pytest.approx(row_want[key], rel=1e-4), key
