@@ -13,3 +13,4 @@ from .optim import *  # noqa: F401,F403
 from .pool import *  # noqa: F401,F403
 from .upsample import *  # noqa: F401,F403
 from .conv import *  # noqa: F401,F403
+from .warmup import warmup  # noqa: F401

@@ -203,10 +203,13 @@ def _sigmoid_backward_cuda(grad_x, grad_y, x):
 # ---------------------------------------------------------------- softplus
 @_cpu
 def _softplus_forward_cpu(y, x, beta, threshold):
+    # A multiplication by 1/beta instead of a division: the division is the costliest vector
+    # instruction here (at most half an ulp more rounding; none for beta = 1, the default).
+    inv_beta = x.dtype.type(1) / beta
     for i in prange(x.size):
         v = x[i]
         z = beta * v
-        y[i] = v if z > threshold else fm.softplus(z) / beta
+        y[i] = v if z > threshold else fm.softplus(z) * inv_beta
 
 
 @cuda.jit(cache=True)

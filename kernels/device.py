@@ -275,13 +275,25 @@ def gpu_name() -> str:
         return f"unknown ({exc})"
 
 
-def dispatch(device, cpu_kernel, cuda_kernel, n_threads, *args):
+# Below this many elements a CPU kernel runs on one thread: waking the others costs more
+# (microseconds on an idle machine, milliseconds on a busy one) than splitting saves.
+PARALLEL_MIN_ELEMENTS = 1 << 15
+
+
+def dispatch(device, cpu_kernel, cuda_kernel, n_threads, *args, work=None):
     """Run ``cpu_kernel(*args)`` on the CPU, or launch ``cuda_kernel`` with ``n_threads``.
 
     Kernel launchers call this once the arguments are validated and the outputs allocated;
-    it is the only ``if device`` a kernel file needs.
+    it is the only ``if device`` a kernel file needs.  ``work`` (default ``n_threads``) is the
+    number of elements the call touches: below :data:`PARALLEL_MIN_ELEMENTS` the CPU kernel
+    runs on one Numba thread.
     """
     if device == CPU:
-        cpu_kernel(*args)
+        if (n_threads if work is None else work) < PARALLEL_MIN_ELEMENTS:
+            from .threads import numba_threads
+            with numba_threads(1):
+                cpu_kernel(*args)
+        else:
+            cpu_kernel(*args)
     else:
         launch(cuda_kernel, n_threads, *args)

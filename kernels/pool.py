@@ -33,8 +33,7 @@ import numpy as np
 from numba import cuda, njit, prange
 
 from .checks import check_float, contiguous, pair
-from .device import CPU, array_module, device_of, dispatch
-from .threads import numba_threads
+from .device import array_module, device_of, dispatch
 
 __all__ = ["max_pool2d_forward", "max_pool2d_backward", "avg_pool2d_forward",
            "avg_pool2d_backward", "global_avg_pool2d_forward", "global_avg_pool2d_backward"]
@@ -411,20 +410,6 @@ def _check_grad_y(grad_y, expected, source):
                          f"{source}), got {tuple(grad_y.shape)}")
 
 
-# Below this many elements a CPU kernel runs on one thread: waking the others costs more
-# (microseconds on an idle machine, milliseconds on a busy one) than splitting saves.
-_PARALLEL_MIN_ELEMENTS = 1 << 15
-
-
-def _dispatch(device, cpu_kernel, cuda_kernel, n_threads, elements, *args):
-    """:func:`dispatch`, with small CPU work (``elements`` read and written) on one thread."""
-    if device == CPU and elements < _PARALLEL_MIN_ELEMENTS:
-        with numba_threads(1):
-            cpu_kernel(*args)
-    else:
-        dispatch(device, cpu_kernel, cuda_kernel, n_threads, *args)
-
-
 def _planes(a):
     """The (N*C, H, W) view the kernels work on."""
     return a.reshape(a.shape[0] * a.shape[1], a.shape[2], a.shape[3])
@@ -460,8 +445,8 @@ def max_pool2d_forward(x, kernel_size, stride=None, padding=0, return_indices=Fa
     indices = xp.empty(out_shape, dtype=np.int64)
     cpu_kernel = (_max_pool2d_2x2_forward_cpu if geometry == _TWO_BY_TWO
                   else _max_pool2d_forward_cpu)
-    _dispatch(device, cpu_kernel, _max_pool2d_forward_cuda, y.size, x.size,
-              _planes(y), _planes(indices), _planes(x), *geometry)
+    dispatch(device, cpu_kernel, _max_pool2d_forward_cuda, y.size,
+             _planes(y), _planes(indices), _planes(x), *geometry, work=x.size)
     return (y, indices) if return_indices else y
 
 
@@ -479,9 +464,9 @@ def max_pool2d_backward(grad_y, indices, x_shape, kernel_size, stride=None, padd
     xp = array_module(device)
     grad_y, indices = contiguous(xp, grad_y), contiguous(xp, indices)
     grad_x = xp.empty(x_shape, dtype=grad_y.dtype)
-    _dispatch(device, _max_pool2d_backward_cpu, _max_pool2d_backward_cuda, grad_x.size, grad_x.size,
-              _planes(grad_x), _planes(grad_y), _planes(indices), *geometry,
-              grad_y.dtype.type(0))
+    dispatch(device, _max_pool2d_backward_cpu, _max_pool2d_backward_cuda, grad_x.size,
+             _planes(grad_x), _planes(grad_y), _planes(indices), *geometry,
+             grad_y.dtype.type(0), work=grad_x.size)
     return grad_x
 
 
@@ -495,8 +480,8 @@ def avg_pool2d_forward(x, kernel_size, stride=None, padding=0, count_include_pad
     y = xp.empty(out_shape, dtype=x.dtype)
     cpu_kernel = (_avg_pool2d_2x2_forward_cpu if geometry == _TWO_BY_TWO
                   else _avg_pool2d_forward_cpu)
-    _dispatch(device, cpu_kernel, _avg_pool2d_forward_cuda, y.size, x.size,
-              _planes(y), _planes(x), rows, cols, *geometry, x.dtype.type(0))
+    dispatch(device, cpu_kernel, _avg_pool2d_forward_cuda, y.size,
+             _planes(y), _planes(x), rows, cols, *geometry, x.dtype.type(0), work=x.size)
     return y
 
 
@@ -513,8 +498,9 @@ def avg_pool2d_backward(grad_y, x_shape, kernel_size, stride=None, padding=0,
     grad_x = xp.empty(x_shape, dtype=grad_y.dtype)
     cpu_kernel = (_avg_pool2d_2x2_backward_cpu if geometry == _TWO_BY_TWO
                   else _avg_pool2d_backward_cpu)
-    _dispatch(device, cpu_kernel, _avg_pool2d_backward_cuda, grad_x.size, grad_x.size,
-              _planes(grad_x), _planes(grad_y), rows, cols, *geometry, grad_y.dtype.type(0))
+    dispatch(device, cpu_kernel, _avg_pool2d_backward_cuda, grad_x.size,
+             _planes(grad_x), _planes(grad_y), rows, cols, *geometry, grad_y.dtype.type(0),
+             work=grad_x.size)
     return grad_x
 
 
@@ -525,8 +511,8 @@ def global_avg_pool2d_forward(x):
     x = contiguous(xp, x)
     N, C, H, W = x.shape
     y = xp.empty((N, C, 1, 1), dtype=x.dtype)
-    _dispatch(device, _global_avg_pool2d_forward_cpu, _global_avg_pool2d_forward_cuda, N * C,
-              x.size, y.reshape(N * C), x.reshape(N * C, H * W), x.dtype.type(0))
+    dispatch(device, _global_avg_pool2d_forward_cpu, _global_avg_pool2d_forward_cuda, N * C,
+             y.reshape(N * C), x.reshape(N * C, H * W), x.dtype.type(0), work=x.size)
     return y
 
 
@@ -538,6 +524,6 @@ def global_avg_pool2d_backward(grad_y, x_shape):
     xp = array_module(device)
     grad_y = contiguous(xp, grad_y)
     grad_x = xp.empty(x_shape, dtype=grad_y.dtype)
-    _dispatch(device, _global_avg_pool2d_backward_cpu, _global_avg_pool2d_backward_cuda,
-              grad_x.size, grad_x.size, grad_x.reshape(N * C, H * W), grad_y.reshape(N * C))
+    dispatch(device, _global_avg_pool2d_backward_cpu, _global_avg_pool2d_backward_cuda,
+             grad_x.size, grad_x.reshape(N * C, H * W), grad_y.reshape(N * C), work=grad_x.size)
     return grad_x

@@ -13,8 +13,8 @@ from __future__ import annotations
 from numba import cuda, prange
 
 from .checks import check_float, contiguous, pair
-from .device import array_module, device_of
-from .pool import _check_x, _cpu, _dispatch, _planes
+from .device import array_module, device_of, dispatch
+from .pool import _check_x, _cpu, _planes
 
 __all__ = ["upsample_nearest2d_forward", "upsample_nearest2d_backward"]
 
@@ -92,8 +92,8 @@ def upsample_nearest2d_forward(x, scale_factor):
     x = contiguous(xp, x)
     N, C, H, W = x.shape
     y = xp.empty((N, C, H * sh, W * sw), dtype=x.dtype)
-    _dispatch(device, _upsample_nearest2d_forward_cpu, _upsample_nearest2d_forward_cuda,
-              y.size, y.size, _planes(y), _planes(x), sh, sw)
+    dispatch(device, _upsample_nearest2d_forward_cpu, _upsample_nearest2d_forward_cuda,
+             y.size, _planes(y), _planes(x), sh, sw, work=y.size)
     return y
 
 
@@ -109,7 +109,7 @@ def upsample_nearest2d_backward(grad_y, scale_factor):
     xp = array_module(device)
     grad_y = contiguous(xp, grad_y)
     grad_x = xp.empty((N, C, OH // sh, OW // sw), dtype=grad_y.dtype)
-    _dispatch(device, _upsample_nearest2d_backward_cpu, _upsample_nearest2d_backward_cuda,
-              grad_x.size, grad_y.size, _planes(grad_x), _planes(grad_y), sh, sw,
-              grad_y.dtype.type(0))
+    dispatch(device, _upsample_nearest2d_backward_cpu, _upsample_nearest2d_backward_cuda,
+             grad_x.size, _planes(grad_x), _planes(grad_y), sh, sw,
+             grad_y.dtype.type(0), work=grad_y.size)
     return grad_x
