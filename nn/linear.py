@@ -25,10 +25,12 @@ __all__ = ["Linear", "Identity", "Flatten", "Unflatten"]
 
 # Below this many flops a CPU product runs on one BLAS thread: right after a Numba parallel
 # region (the neighbouring layers' kernels) Numba's threads still hold the cores, and a
-# multi-threaded BLAS call then waits on them (measured on the LeNet-5 head, 64x400 @ 400x120:
-# 0.4 ms single-threaded against tens of ms with two BLAS threads on a busy 2-core machine).
-# Large products keep every BLAS thread, where the parallel speed-up is worth more.
-_SERIAL_BLAS_FLOPS = 1 << 24
+# multi-threaded BLAS call then waits on them, while BLAS's own spinning threads slow the next
+# Numba region (measured on the LeNet-5 head, 64x400 @ 400x120: 0.4 ms single-threaded
+# against tens of ms with two BLAS threads on a busy 2-core machine; a whole SmallVGG step
+# with its 32x4096 @ 4096x128 head: 103 ms with two BLAS threads there, 39 ms with one).
+# Only products far larger than these heads keep every BLAS thread.
+_SERIAL_BLAS_FLOPS = 1 << 28
 
 
 def _matmul(device, a, b):
