@@ -238,7 +238,8 @@ def cross_entropy_forward(logits, labels, reduction="mean", label_smoothing=0.0)
     grad = xp.empty_like(logits)
     if N:
         if device == CPU:
-            _cross_entropy_cpu(losses, grad, logits, labels, smoothing, scale)
+            dispatch(CPU, _cross_entropy_cpu, None, logits.size, losses, grad, logits, labels,
+                     smoothing, scale)
         else:
             m = xp.empty(N, dtype=dtype)
             s = xp.empty(N, dtype=dtype)

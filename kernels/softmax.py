@@ -24,7 +24,7 @@ from numba import cuda, njit, prange
 
 from . import fastmath as fm
 from .checks import check_float, check_floats, check_same_shape, contiguous
-from .device import CPU, array_module, launch
+from .device import CPU, array_module, dispatch, launch
 
 __all__ = ["softmax_forward", "softmax_backward", "log_softmax_forward", "log_softmax_backward"]
 
@@ -186,7 +186,7 @@ def _forward(cpu_kernel, cuda_kernel, x):
     if x.size == 0:
         return y
     if device == CPU:
-        cpu_kernel(y, x)
+        dispatch(CPU, cpu_kernel, None, x.size, y, x)  # the same small-work rule as the rest
     else:
         m = xp.empty(x.shape[0], dtype=x.dtype)
         s = xp.empty(x.shape[0], dtype=x.dtype)
@@ -216,7 +216,7 @@ def softmax_backward(grad_y, y):
     if y.size == 0:
         return grad_x
     if device == CPU:
-        _softmax_backward_cpu(grad_x, grad_y, y)
+        dispatch(CPU, _softmax_backward_cpu, None, y.size, grad_x, grad_y, y)
     else:
         dot = xp.empty(y.shape[0], dtype=y.dtype)
         launch(_row_dot_cuda, y.shape[0], dot, grad_y, y)
@@ -235,7 +235,7 @@ def log_softmax_backward(grad_y, y):
     if y.size == 0:
         return grad_x
     if device == CPU:
-        _log_softmax_backward_cpu(grad_x, grad_y, y)
+        dispatch(CPU, _log_softmax_backward_cpu, None, y.size, grad_x, grad_y, y)
     else:
         total = xp.empty(y.shape[0], dtype=y.dtype)
         launch(_row_sum_cuda, y.shape[0], total, grad_y)

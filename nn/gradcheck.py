@@ -210,7 +210,7 @@ def sample_away_from_kinks(rng, shape, kinks=(0.0,), margin=0.05, scale=1.0, dty
     Central differences straddling a kink (relu at 0, a max-pool tie) measure neither side's
     derivative; samples too close to one are pushed out to the margin.
     """
-    x = rng.standard_normal(shape) * scale
+    x = np.asarray(rng.standard_normal(shape) * scale)
     for k in kinks:
         near = np.abs(x - k) < margin
         x[near] = k + np.where(x[near] >= k, margin, -margin)
