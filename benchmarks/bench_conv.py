@@ -146,7 +146,8 @@ def test_conv2d_ours(benchmark, record, warm, machine, name, pass_):
     benchmark(run)
     xs, ws = CONV_SHAPES[name][:2]
     record(benchmark, case=f"conv2d {pass_} {name}", impl="ours", shape=_shape_str(xs, ws),
-           flops=_conv_flops(name) * (3 if pass_ == "step" else 1), machine=machine,
+           flops=_conv_flops(name) * (3 if pass_ == "step" else 1),
+           bytes=_conv_bytes(name, pass_), machine=machine,
            first_call_s=first)
 
 
@@ -168,7 +169,8 @@ def test_conv2d_numpy(benchmark, record, machine, name, pass_):
     benchmark(fns[pass_])
     xs, ws = CONV_SHAPES[name][:2]
     record(benchmark, case=f"conv2d {pass_} {name}", impl="numpy", shape=_shape_str(xs, ws),
-           flops=_conv_flops(name) * (3 if pass_ == "step" else 1), machine=machine)
+           flops=_conv_flops(name) * (3 if pass_ == "step" else 1),
+           bytes=_conv_bytes(name, pass_), machine=machine)
 
 
 @pytest.mark.parametrize("pass_", PASSES)
@@ -195,7 +197,8 @@ def test_conv2d_torch(benchmark, record, machine, torch_or_skip, name, pass_):
     benchmark(run)
     xs, ws = CONV_SHAPES[name][:2]
     record(benchmark, case=f"conv2d {pass_} {name}", impl="torch", shape=_shape_str(xs, ws),
-           flops=_conv_flops(name) * (3 if pass_ == "step" else 1), machine=machine)
+           flops=_conv_flops(name) * (3 if pass_ == "step" else 1),
+           bytes=_conv_bytes(name, pass_), machine=machine)
 
 
 @pytest.mark.parametrize("pass_", PASSES)
@@ -208,6 +211,7 @@ def test_conv2d_ours_cuda(benchmark, record, warm, cuda_or_skip, name, pass_):
     xs, ws = CONV_SHAPES[name][:2]
     record(benchmark, case=f"conv2d {pass_} {name}", impl="ours", device="cuda",
            shape=_shape_str(xs, ws), flops=_conv_flops(name) * (3 if pass_ == "step" else 1),
+           bytes=_conv_bytes(name, pass_),
            first_call_s=first)
 
 
@@ -228,6 +232,21 @@ def _transpose_flops(name):
     return 2 * int(np.prod(xs)) * ws[1] * ws[2] * ws[3]
 
 
+def _min_bytes(x, w, gy):
+    """Least memory traffic of one pass: each reads two of x, w, y and writes the third."""
+    return x.nbytes + w.nbytes + gy.nbytes
+
+
+def _conv_bytes(name, pass_):
+    x, w, _, gy, _ = _conv_inputs(name)
+    return _min_bytes(x, w, gy) * (3 if pass_ == "step" else 1)
+
+
+def _transpose_bytes(name, pass_):
+    x, w, _, gy, _ = _transpose_inputs(name)
+    return _min_bytes(x, w, gy) * (1 if pass_ == "fwd" else 2)
+
+
 @pytest.mark.parametrize("pass_", ["fwd", "bwd"])
 @pytest.mark.parametrize("name", TRANSPOSE_SHAPES)
 def test_conv_transpose2d_ours(benchmark, record, warm, machine, name, pass_):
@@ -243,7 +262,8 @@ def test_conv_transpose2d_ours(benchmark, record, warm, machine, name, pass_):
     benchmark(run)
     record(benchmark, case=f"conv_transpose2d {pass_} {name}", impl="ours",
            shape=_shape_str(*TRANSPOSE_SHAPES[name][:2]),
-           flops=_transpose_flops(name) * (1 if pass_ == "fwd" else 2), machine=machine,
+           flops=_transpose_flops(name) * (1 if pass_ == "fwd" else 2),
+           bytes=_transpose_bytes(name, pass_), machine=machine,
            first_call_s=first)
 
 
@@ -265,7 +285,8 @@ def test_conv_transpose2d_numpy(benchmark, record, machine, name, pass_):
     benchmark(run)
     record(benchmark, case=f"conv_transpose2d {pass_} {name}", impl="numpy",
            shape=_shape_str(*TRANSPOSE_SHAPES[name][:2]),
-           flops=_transpose_flops(name) * (1 if pass_ == "fwd" else 2), machine=machine)
+           flops=_transpose_flops(name) * (1 if pass_ == "fwd" else 2),
+           bytes=_transpose_bytes(name, pass_), machine=machine)
 
 
 @pytest.mark.parametrize("pass_", ["fwd", "bwd"])
@@ -287,4 +308,5 @@ def test_conv_transpose2d_torch(benchmark, record, machine, torch_or_skip, name,
     benchmark(run)
     record(benchmark, case=f"conv_transpose2d {pass_} {name}", impl="torch",
            shape=_shape_str(*TRANSPOSE_SHAPES[name][:2]),
-           flops=_transpose_flops(name) * (1 if pass_ == "fwd" else 2), machine=machine)
+           flops=_transpose_flops(name) * (1 if pass_ == "fwd" else 2),
+           bytes=_transpose_bytes(name, pass_), machine=machine)
