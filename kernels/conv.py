@@ -20,7 +20,8 @@ region for most layers; direct loops where the product per output is tiny (at mo
 multiply-adds per output row of the GEMM: LeNet's first layer, depthwise), where they measured
 2-12x faster than the GEMM design.  The keyword-only ``algo="direct"|"gemm"`` forces one
 (tests and benchmarks).  Passes under 200 kFLOP run on one thread.  CUDA
-(kernels/conv_cuda.py): one thread per output element in every pass, gather form.
+(kernels/conv_cuda.py): im2col tiles of samples into cuBLAS (CuPy matmul) for the forward and
+weight gradient; cuBLAS then a gather-form col2im kernel for the input gradient.
 """
 from __future__ import annotations
 
@@ -249,8 +250,7 @@ def _forward(x, w, b, geo, out_hw, algo):
     x, w, b = contiguous(xp, x), contiguous(xp, w), contiguous(xp, b)
     g = geo
     if device != CPU:
-        launch(_conv2d_forward_cuda, y.size, y, x, w, b, g.sh, g.sw, g.pt, g.pl, g.dh, g.dw,
-               g.groups)
+        _conv2d_forward_cuda(y, x, w, b, g)
         return y
     flops = _flops(N, w.shape, out_hw)
     if _use_direct(x.shape, w.shape, g.groups, algo):
@@ -276,8 +276,7 @@ def _backward_input(grad_y, w, x_shape, geo, algo):
     grad_y, w = contiguous(xp, grad_y), contiguous(xp, w)
     g = geo
     if device != CPU:
-        launch(_conv2d_backward_input_cuda, grad_x.size, grad_x, grad_y, w, g.sh, g.sw, g.pt,
-               g.pl, g.dh, g.dw, g.groups, grad_y.dtype.type(0))
+        _conv2d_backward_input_cuda(grad_x, grad_y, w, g)
         return grad_x
     OH, OW = grad_y.shape[2], grad_y.shape[3]
     flops = _flops(x_shape[0], w.shape, (OH, OW))
@@ -303,8 +302,7 @@ def _backward_weight(grad_y, x, w_shape, geo, algo):
     g = geo
     if device != CPU:
         grad_w = xp.empty(w_shape, dtype=x.dtype)
-        launch(_conv2d_backward_weight_cuda, grad_w.size, grad_w, grad_y, x, g.sh, g.sw, g.pt,
-               g.pl, g.dh, g.dw, g.groups, x.dtype.type(0))
+        _conv2d_backward_weight_cuda(grad_w, grad_y, x, g)
         return grad_w
     chunks = _weight_chunks(N)
     flops = _flops(N, w_shape, grad_y.shape[2:])

@@ -658,3 +658,24 @@ def test_cuda_repeated_calls_bitwise_identical(cuda_device):
     first = run()
     for a, b in zip(first, run()):
         np.testing.assert_array_equal(a, b)
+
+
+# ---------------------------------------------------------------- the CUDA kernels compile for a GPU
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_conv_cuda_kernels_lower_for_a_real_gpu(dtype):
+    """The simulator never type-checks kernels: lower them to LLVM IR as a GPU build would."""
+    from numba import types
+
+    from cuda_lowering import array, float64_ops, lower_for_gpu
+    from kernels import conv_cuda
+
+    f, i = numba.from_dtype(dtype), types.int64
+    kernels_and_args = [
+        (conv_cuda._im2col_cuda, [array(f, 3), array(f, 4)] + [i] * 11 + [f]),
+        (conv_cuda._col2im_cuda, [array(f, 4), array(f, 3)] + [i] * 12 + [f]),
+        (conv_cuda._conv2d_backward_bias_cuda, [array(f, 1), array(f, 3), f]),
+    ]
+    for kernel, args in kernels_and_args:
+        ir = lower_for_gpu(kernel, args)
+        if dtype == np.float32:
+            assert float64_ops(ir) == 0, kernel.__name__
