@@ -312,7 +312,7 @@ def _avg_pool2d_backward_cuda(grad_x, grad_y, rows, cols, kh, kw, sh, sw, ph, pw
 # Eight running sums, lane i % 8, break the add-latency chain and let the CPU vectorise
 # (2x faster than four scalar sums); the GPU keeps the same order, so the same result.
 @_cpu
-def _global_avg_pool2d_forward_cpu(y, x, zero):
+def _global_avg_pool2d_forward_cpu(y, x, zero, count):
     n = x.shape[1]
     n8 = n - n % 8
     for p in prange(x.shape[0]):
@@ -324,12 +324,13 @@ def _global_avg_pool2d_forward_cpu(y, x, zero):
         for i in range(n8, n):
             acc[0] += xp_[i]
         y[p] = (((acc[0] + acc[1]) + (acc[2] + acc[3]))
-                + ((acc[4] + acc[5]) + (acc[6] + acc[7]))) / n
+                + ((acc[4] + acc[5]) + (acc[6] + acc[7]))) / count
 
 
 @cuda.jit(cache=True)
-def _global_avg_pool2d_forward_cuda(y, x, zero):
-    # One thread per plane: planes are small at the end of a network (7x7, 4x4).
+def _global_avg_pool2d_forward_cuda(y, x, zero, count):
+    # One thread per plane: planes are small at the end of a network (7x7, 4x4).  ``count``
+    # is H*W in the input's dtype: dividing by an integer would compute in float64.
     p = cuda.grid(1)
     if p < x.shape[0]:
         n = x.shape[1]
@@ -346,25 +347,26 @@ def _global_avg_pool2d_forward_cuda(y, x, zero):
             a7 += x[p, i + 7]
         for i in range(n8, n):
             a0 += x[p, i]
-        y[p] = (((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7))) / n
+        y[p] = (((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7))) / count
 
 
 @_cpu
-def _global_avg_pool2d_backward_cpu(grad_x, grad_y):
+def _global_avg_pool2d_backward_cpu(grad_x, grad_y, count):
     n = grad_x.shape[1]
     for p in prange(grad_x.shape[0]):
-        g = grad_y[p] / n
+        g = grad_y[p] / count
         gx = grad_x[p]
         for i in range(n):
             gx[i] = g
 
 
 @cuda.jit(cache=True)
-def _global_avg_pool2d_backward_cuda(grad_x, grad_y):
+def _global_avg_pool2d_backward_cuda(grad_x, grad_y, count):
+    # count: H*W in the gradient's dtype (an integer divisor would compute in float64)
     n = grad_x.shape[1]
     i = cuda.grid(1)
     if i < grad_x.size:
-        grad_x[i // n, i % n] = grad_y[i // n] / n
+        grad_x[i // n, i % n] = grad_y[i // n] / count
 
 
 # ---------------------------------------------------------------- validation
@@ -512,7 +514,8 @@ def global_avg_pool2d_forward(x):
     N, C, H, W = x.shape
     y = xp.empty((N, C, 1, 1), dtype=x.dtype)
     dispatch(device, _global_avg_pool2d_forward_cpu, _global_avg_pool2d_forward_cuda, N * C,
-             y.reshape(N * C), x.reshape(N * C, H * W), x.dtype.type(0), work=x.size)
+             y.reshape(N * C), x.reshape(N * C, H * W), x.dtype.type(0), x.dtype.type(H * W),
+             work=x.size)
     return y
 
 
@@ -525,5 +528,6 @@ def global_avg_pool2d_backward(grad_y, x_shape):
     grad_y = contiguous(xp, grad_y)
     grad_x = xp.empty(x_shape, dtype=grad_y.dtype)
     dispatch(device, _global_avg_pool2d_backward_cpu, _global_avg_pool2d_backward_cuda,
-             grad_x.size, grad_x.reshape(N * C, H * W), grad_y.reshape(N * C), work=grad_x.size)
+             grad_x.size, grad_x.reshape(N * C, H * W), grad_y.reshape(N * C),
+             grad_y.dtype.type(H * W), work=grad_x.size)
     return grad_x

@@ -492,3 +492,30 @@ def test_arrays_on_different_devices_raise(cuda_device):
     with pytest.raises(ValueError, match="different devices: grad_y is on 'cpu' but indices "
                                          "is on 'cuda'"):
         K.max_pool2d_backward(G, K.to_device(IDX, cuda_device), X.shape, 2)
+
+
+# ---------------------------------------------------------------- the CUDA kernels compile for a GPU
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_pool_and_upsample_cuda_kernels_lower_for_a_real_gpu(dtype):
+    """The simulator never type-checks kernels: lower them to LLVM IR as a GPU build would."""
+    from numba import types
+
+    from cuda_lowering import array, float64_ops, lower_for_gpu
+    from kernels import pool, upsample
+
+    f, i = numba.from_dtype(dtype), types.int64
+    planes, idx = array(f, 3), types.Array(types.int64, 3, "C")
+    kernels_and_args = [
+        (pool._max_pool2d_forward_cuda, [planes, idx, planes] + [i] * 6),
+        (pool._max_pool2d_backward_cuda, [planes, planes, idx] + [i] * 6 + [f]),
+        (pool._avg_pool2d_forward_cuda, [planes, planes, array(f), array(f)] + [i] * 6 + [f]),
+        (pool._avg_pool2d_backward_cuda, [planes, planes, array(f), array(f)] + [i] * 6 + [f]),
+        (pool._global_avg_pool2d_forward_cuda, [array(f), array(f, 2), f, f]),
+        (pool._global_avg_pool2d_backward_cuda, [array(f, 2), array(f), f]),
+        (upsample._upsample_nearest2d_forward_cuda, [planes, planes, i, i]),
+        (upsample._upsample_nearest2d_backward_cuda, [planes, planes, i, i, f]),
+    ]
+    for kernel, args in kernels_and_args:
+        ir = lower_for_gpu(kernel, args)
+        if dtype == np.float32:
+            assert float64_ops(ir) == 0, kernel.__name__
