@@ -36,6 +36,22 @@ def _check_padding_mode(padding_mode):
 
 
 class _ConvBase(Module):
+    """What Conv2d and ConvTranspose2d share; each names its kernel pair and arguments."""
+
+    _forward_kernel = _backward_kernel = None  # set by the subclass
+
+    def forward(self, x):
+        check_input(self, x, ndims=(4,), channels=self.in_channels)
+        self.save_for_backward(x)
+        return type(self)._forward_kernel(x, self.weight.data, self._bias(), **self._conv_args())
+
+    def backward(self, grad_y):
+        x = self.saved_tensors()
+        grad_x, grad_w, grad_b = type(self)._backward_kernel(
+            grad_y, x, self.weight.data, **self._conv_args(), **self._needs())
+        self._accumulate(grad_w, grad_b)
+        return grad_x
+
     def _make_parameters(self, weight_shape, bias, device, dtype):
         self.weight = Parameter(new_parameter_array(weight_shape, dtype))
         self.bias = (Parameter(new_parameter_array((self.out_channels,), dtype))
@@ -64,6 +80,9 @@ class _ConvBase(Module):
 class Conv2d(_ConvBase):
     """2-D cross-correlation with torch's arguments; ``padding``: int, pair, "same" or "valid"."""
 
+    _forward_kernel = staticmethod(K.conv2d_forward)
+    _backward_kernel = staticmethod(K.conv2d_backward)
+
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
                  groups=1, bias=True, padding_mode="zeros", device=None, dtype=None):
         super().__init__()
@@ -90,18 +109,6 @@ class Conv2d(_ConvBase):
         return dict(stride=self.stride, padding=self.padding, dilation=self.dilation,
                     groups=self.groups)
 
-    def forward(self, x):
-        check_input(self, x, ndims=(4,), channels=self.in_channels)
-        self.save_for_backward(x)
-        return K.conv2d_forward(x, self.weight.data, self._bias(), **self._conv_args())
-
-    def backward(self, grad_y):
-        x = self.saved_tensors()
-        grad_x, grad_w, grad_b = K.conv2d_backward(grad_y, x, self.weight.data,
-                                                   **self._conv_args(), **self._needs())
-        self._accumulate(grad_w, grad_b)
-        return grad_x
-
     def extra_repr(self):
         s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
              f"stride={self.stride}")
@@ -118,6 +125,9 @@ class Conv2d(_ConvBase):
 
 class ConvTranspose2d(_ConvBase):
     """Transposed 2-D convolution (Conv2d's input gradient as a layer), torch's arguments."""
+
+    _forward_kernel = staticmethod(K.conv_transpose2d_forward)
+    _backward_kernel = staticmethod(K.conv_transpose2d_backward)
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
                  output_padding=0, groups=1, bias=True, dilation=1, padding_mode="zeros",
@@ -143,18 +153,6 @@ class ConvTranspose2d(_ConvBase):
         return dict(stride=self.stride, padding=self.padding,
                     output_padding=self.output_padding, groups=self.groups,
                     dilation=self.dilation)
-
-    def forward(self, x):
-        check_input(self, x, ndims=(4,), channels=self.in_channels)
-        self.save_for_backward(x)
-        return K.conv_transpose2d_forward(x, self.weight.data, self._bias(), **self._conv_args())
-
-    def backward(self, grad_y):
-        x = self.saved_tensors()
-        grad_x, grad_w, grad_b = K.conv_transpose2d_backward(grad_y, x, self.weight.data,
-                                                             **self._conv_args(), **self._needs())
-        self._accumulate(grad_w, grad_b)
-        return grad_x
 
     def extra_repr(self):
         s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
