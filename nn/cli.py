@@ -302,6 +302,34 @@ def _resolve_run_dir(config, out):
     return path
 
 
+def _make_run_dir(run_dir):
+    try:
+        os.makedirs(run_dir, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create the run folder {run_dir} (set it with --out DIR): "
+                        f"{exc.strerror or exc}") from None
+
+
+# Variables MPI launchers set in every process they start (MPICH/Hydra, Open MPI, PMIx).
+_LAUNCHER_SIZE = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE")
+_LAUNCHER_RANK = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK")
+
+
+def launcher_ranks(environ=None):
+    """``(size, rank)`` as an MPI launcher announced them, or ``(1, 0)`` without one."""
+    environ = os.environ if environ is None else environ
+
+    def first(names, default):
+        for name in names:
+            try:
+                return int(environ[name])
+            except (KeyError, ValueError):
+                continue
+        return default
+
+    return first(_LAUNCHER_SIZE, 1), first(_LAUNCHER_RANK, 0)
+
+
 def _checkpoint_file(path):
     path = os.fspath(path)
     if os.path.isdir(path):
@@ -329,6 +357,15 @@ def _model_parameters(model):
 def run_train(args, out=None):
     out = out or sys.stdout
     start = time.perf_counter()
+    ranks, rank = launcher_ranks()
+    distributed = bool(getattr(args, "distributed", False))
+    if ranks > 1 and not distributed:
+        # Each process would train the same model alone and write the same run folder.
+        if rank == 0:
+            print(f"{PROG} train: error: started as {ranks} processes (by mpiexec) without "
+                  f"--distributed: add --distributed to train one model on all of them, or "
+                  f"start one process", file=sys.stderr)
+        return 1
     given = {k: v for k, v in vars(args).items() if v is not None and v is not False}
     resume = None
     if args.resume:
@@ -350,12 +387,18 @@ def run_train(args, out=None):
         run_dir = _resolve_run_dir(config, args.out)
     _check_device(config["device"])
     comm = None
-    if getattr(args, "distributed", False):
+    if distributed:
         from . import distributed as dist
-        comm = dist.init("nccl" if config["device"] == "cuda" and not kernels.SIMULATOR
-                         else "mpi")
+        backend = "nccl" if config["device"] == "cuda" and not kernels.SIMULATOR else "mpi"
+        comm = dist.init(backend)
+        if comm.size == 1:
+            print(f"{PROG} train: note: --distributed in a process not started by mpiexec: "
+                  f"training on 1 process (for N: mpiexec -n N python -m mpi4py -m nn train "
+                  f"--distributed)", file=sys.stderr)
     is_main = comm is None or comm.is_main
     quiet = bool(args.quiet) or not is_main
+    if is_main:  # before the data is read: a bad --out fails in a second, not after training
+        _make_run_dir(run_dir)
 
     def say(*parts):
         if not quiet:
@@ -381,7 +424,6 @@ def run_train(args, out=None):
         trained = dist.DataParallel(model, comm)
 
     if is_main:
-        os.makedirs(run_dir, exist_ok=True)
         _write_json(os.path.join(run_dir, "config.json"), config)
     classes = f", {config['num_classes']} classes" if task == "classification" else ""
     say(f"data: {config['dataset']}: {len(train)} train / {len(val)} validation / {len(test)} "
@@ -390,6 +432,9 @@ def run_train(args, out=None):
         f"parameters) on {config['device']}; {config['optimizer']} lr {config['lr']:g}, "
         f"schedule {config['schedule']}, batch {config['batch_size']}, up to "
         f"{config['epochs']} epochs")
+    if comm is not None and comm.size > 1:
+        say(f"distributed: {comm.size} ranks ({backend}), each trains on its share of every "
+            f"batch of {config['batch_size']}; rank 0 prints and writes the run folder")
     if resume is not None:
         say(f"resuming from {args.resume} after epoch {resume['epoch']}")
     trainer = Trainer(trained, loss_fn, optimizer, scheduler, task=task,
@@ -447,7 +492,9 @@ def write_plots(run_dir, history, model, config, test, result, say):
         written.append(name)
 
     save("curves.png", plots.plot_history, history)
-    first = _first_layer_weight(model, config["sample_shape"])
+    # Filters are drawn as images: only for image samples (C, H, W), not tabular (F,) rows.
+    image = len(config["sample_shape"]) == 3
+    first = _first_layer_weight(model, config["sample_shape"]) if image else None
     if first is not None:
         save("filters.png", plots.plot_filters, first, input_shape=config["sample_shape"])
     if "confusion" in result:
@@ -458,7 +505,8 @@ def write_plots(run_dir, history, model, config, test, result, say):
         model.eval()
         recon = kernels.to_host(model(xd))
         codes = kernels.to_host(model.encode(xd))
-        save("reconstructions.png", plots.plot_reconstructions, x, recon)
+        if image:
+            save("reconstructions.png", plots.plot_reconstructions, x, recon)
         if codes.reshape(len(codes), -1).shape[1] >= 2:
             save("codes.png", plots.plot_codes, codes, test.y[:256])
     return written
@@ -594,7 +642,17 @@ def main(argv=None):
     threads = getattr(args, "threads", None)
     try:
         with numba_threads(threads) if threads else contextlib.nullcontext():
-            return run(args)
+            code = run(args)
+            sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
+            return code
+    except BrokenPipeError:
+        # The reader went away (``| head``): stop quietly, as other command-line tools do.
+        # Pointing stdout at /dev/null keeps the interpreter's final flush from complaining.
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):  # stdout is not a real file (captured): nothing to flush
+            pass
+        return 141  # 128 + SIGPIPE, what a shell reports for a tool killed by the broken pipe
     except KeyboardInterrupt:
         print(f"{PROG} {args.command}: interrupted (the last finished epoch's checkpoint is "
               f"kept; continue with --resume)", file=sys.stderr)

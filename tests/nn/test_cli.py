@@ -142,3 +142,116 @@ def test_corrupt_or_foreign_checkpoints_are_refused(tmp_path, capsys):
 def test_no_command_prints_help(capsys):
     assert cli.main([]) == 2
     assert "train" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------- rough edges (issue 16)
+@pytest.fixture(scope="module")
+def tabular_npz(tmp_path_factory):
+    """Rows of 5 features (not images), two classes."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((120, 5)).astype(np.float32)
+    path = tmp_path_factory.mktemp("tabular") / "rows.npz"
+    np.savez(path, x=x, y=(x[:, 0] > 0).astype(np.int64))
+    return str(path)
+
+
+def test_mlp_on_tabular_data_skips_the_image_plots(tabular_npz, tmp_path, capsys):
+    # Used to crash in plot_filters after training: a (F,) sample is not an image.
+    run_dir = tmp_path / "rows"
+    assert cli.main(["train", "--dataset", tabular_npz, "--model", "mlp", "--epochs", "1",
+                     "--out", str(run_dir), "--quiet"]) == 0
+    assert "run folder" in capsys.readouterr().out
+    names = set(os.listdir(run_dir))
+    assert "filters.png" not in names and "checkpoint.npz" in names
+    if plots.available():
+        assert {"curves.png", "confusion.png"} <= names
+
+
+def test_autoencoder_on_tabular_data_skips_the_image_plots(tabular_npz, tmp_path, capsys):
+    run_dir = tmp_path / "ae-rows"
+    assert cli.main(["train", "--dataset", tabular_npz, "--model", "autoencoder", "--epochs",
+                     "1", "--out", str(run_dir), "--quiet"]) == 0
+    names = set(os.listdir(run_dir))
+    assert "reconstructions.png" not in names and "filters.png" not in names
+    if plots.available():
+        assert {"curves.png", "codes.png"} <= names
+
+
+def test_a_run_folder_that_cannot_be_created_is_named_as_such(tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    assert cli.main(["train", "--epochs", "1", "--out", str(blocker / "run")]) == 1
+    line = one_line_error(capsys.readouterr().err)
+    assert f"cannot create the run folder {blocker / 'run'}" in line and "--out" in line
+
+
+@pytest.mark.parametrize("rank, says", [("0", True), ("1", False)])
+def test_several_ranks_without_distributed_say_so_once(rank, says, monkeypatch, capsys,
+                                                       tmp_path):
+    # What mpiexec -n 2 sets in each process it starts (MPICH's Hydra).
+    monkeypatch.setenv("PMI_SIZE", "2")
+    monkeypatch.setenv("PMI_RANK", rank)
+    assert cli.main(["train", "--epochs", "1", "--out", str(tmp_path / "r")]) == 1
+    err = capsys.readouterr().err
+    if says:
+        line = one_line_error(err)
+        assert "2 processes" in line and "--distributed" in line
+    else:
+        assert err == ""
+    assert not (tmp_path / "r").exists()
+
+
+def test_launcher_ranks_reads_mpich_and_open_mpi_variables():
+    assert cli.launcher_ranks({}) == (1, 0)
+    assert cli.launcher_ranks({"PMI_SIZE": "3", "PMI_RANK": "2"}) == (3, 2)
+    assert cli.launcher_ranks({"OMPI_COMM_WORLD_SIZE": "4", "OMPI_COMM_WORLD_RANK": "1"}) == (4, 1)
+
+
+def _clean_env():
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("PMI_", "PMIX_", "OMPI_", "MPI_LOCAL"))}
+    env["PYTHONPATH"] = ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")
+    return env
+
+
+def test_distributed_without_mpiexec_says_so_in_one_line(tiny_npz, tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "nn", "train", "--distributed", "--dataset",
+                           tiny_npz, "--model", "mlp", "--epochs", "1", "--quiet", "--out",
+                           str(tmp_path / "one")], cwd=ROOT, env=_clean_env(),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    line = one_line_error(proc.stderr)
+    assert "not started by mpiexec" in line and "1 process" in line and "mpiexec -n N" in line
+
+
+def _mpiexec():
+    import shutil
+    try:
+        import mpi4py  # noqa: F401
+    except ImportError:
+        return None
+    exe = os.path.join(os.path.dirname(sys.executable), "mpiexec")
+    return exe if os.path.exists(exe) else shutil.which("mpiexec")
+
+
+@pytest.mark.skipif(_mpiexec() is None, reason="needs mpi4py and mpiexec (pip install '.[mpi]')")
+def test_two_rank_run_says_how_many_ranks(tiny_npz, tmp_path):
+    env = dict(_clean_env(), OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="1")
+    proc = subprocess.run([_mpiexec(), "-n", "2", sys.executable, "-m", "mpi4py", "-m", "nn",
+                           "train", "--distributed", "--dataset", tiny_npz, "--model", "mlp",
+                           "--epochs", "1", "--out", str(tmp_path / "two")], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.count("distributed: 2 ranks (mpi)") == 1, proc.stdout
+    assert "not started by mpiexec" not in proc.stderr
+
+
+def test_a_closed_pipe_ends_quietly():
+    # `python -m nn summary ... | head -1`: the reader goes away before the output is written.
+    proc = subprocess.Popen([sys.executable, "-m", "nn", "summary", "--model", "lenet"],
+                            cwd=ROOT, env=_clean_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141
+    assert err == ""
