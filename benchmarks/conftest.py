@@ -159,3 +159,31 @@ def pytest_terminal_summary(terminalreporter):
         tr.write_line(f"{info['case'][:34]:34s} {info['impl']:6s} {info['device']:6s} "
                       f"{str(info['shape'])[:18]:18s} {1e3 * median:9.3f} {gbs:>7s} {frac:>7s} "
                       f"{gflops:>8s}")
+
+
+def pytest_benchmark_update_machine_info(config, machine_info):
+    """Thread counts and environment into the JSON, for ``report.py``'s header and --compare."""
+    import os
+    import platform
+
+    from kernels.threads import blas_libraries
+
+    blas = [n for _, n in blas_libraries()]
+    threads = {"numba": numba.get_num_threads()}
+    if blas:
+        threads["blas"] = max(blas)
+    try:
+        import torch
+        threads["torch"] = torch.get_num_threads()
+    except ImportError:
+        pass
+    env = {"python": platform.python_version(), "numpy": np.__version__,
+           "numba": numba.__version__, "threading layer": numba.config.THREADING_LAYER}
+    for name in ("OPENBLAS_CORETYPE", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS",
+                 "NUMBA_NUM_THREADS", "MKL_NUM_THREADS"):
+        if name in os.environ:
+            env[name] = os.environ[name]
+    if hasattr(os, "getloadavg"):
+        env["load average at start"] = f"{os.getloadavg()[0]:.2f}"
+    machine_info["threads"] = threads
+    machine_info["environment"] = env

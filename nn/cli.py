@@ -152,9 +152,10 @@ def _add_train(p):
 
 def _add_threads(p):
     p.add_argument("--threads", type=_positive(int), metavar="N",
-                   help="Numba threads for the CPU kernels (default: all cores); on a busy "
-                        "machine 1 can be much faster for small models, as every parallel "
-                        "region then waits for a free core")
+                   help=f"Numba threads for the CPU kernels (default: 1 for models under "
+                        f"{SMALL_BATCH_MACS // 1_000_000}M multiply-adds per batch, where "
+                        f"waking more threads costs more than it gives on a busy machine; "
+                        f"all cores otherwise)")
 
 
 def _add_evaluate(p):
@@ -353,8 +354,42 @@ def _model_parameters(model):
     return sum(p.size for p in model.parameters())
 
 
+# ---------------------------------------------------------------------- threads
+# Below this many multiply-adds per training batch the CPU kernels run on one Numba thread
+# unless --threads says otherwise.  Every parallel region wakes every thread, and on a busy
+# machine each region then waits for a free core: LeNet-5 on the 8x8 digits (2.2M
+# multiply-adds per batch of 32) took 3.3 s per epoch with 2 threads and 0.32 s with one on
+# the 2-core development machine under other work (README, "Threads").  Above it a step
+# holds tens of milliseconds of arithmetic per core, enough to pay for waking the threads.
+SMALL_BATCH_MACS = 100_000_000
+
+
+def default_threads(model, sample_shape, batch_size):
+    """``(threads, multiply_adds_per_batch)``: 1 for small models, None (all cores) otherwise."""
+    from .summary import summary as nn_summary
+
+    macs = nn_summary(model, tuple(sample_shape), verbose=False).total_connections * batch_size
+    return (1 if macs < SMALL_BATCH_MACS else None), macs
+
+
+def _choose_threads(args, model, config, batch_size, stack, say):
+    """Apply the default thread rule when --threads is not given (CPU runs only)."""
+    if getattr(args, "threads", None) or config["device"] != "cpu":
+        return
+    threads, macs = default_threads(model, config["sample_shape"], batch_size)
+    if threads is not None:
+        stack.enter_context(numba_threads(threads))
+        say(f"threads: 1 (a small model, {macs / 1e6:.1f}M multiply-adds per batch of "
+            f"{batch_size}; --threads N to use more cores)")
+
+
 # ---------------------------------------------------------------------- train
 def run_train(args, out=None):
+    with contextlib.ExitStack() as stack:
+        return _run_train(args, out, stack)
+
+
+def _run_train(args, out, stack):
     out = out or sys.stdout
     start = time.perf_counter()
     ranks, rank = launcher_ranks()
@@ -437,6 +472,11 @@ def run_train(args, out=None):
             f"batch of {config['batch_size']}; rank 0 prints and writes the run folder")
     if resume is not None:
         say(f"resuming from {args.resume} after epoch {resume['epoch']}")
+    if not quiet and config["device"] == "cpu":
+        from .train import compile_kernels_if_cold
+        # Before the thread rule's one-sample forward pass, which would compile unannounced.
+        compile_kernels_if_cold(model, lambda line: print(line, file=out, flush=True))
+    _choose_threads(args, model, config, config["batch_size"], stack, say)
     trainer = Trainer(trained, loss_fn, optimizer, scheduler, task=task,
                       run_dir=run_dir if is_main else None, comm=comm,
                       patience=config["patience"], quiet=quiet, config=config,
@@ -454,7 +494,8 @@ def run_train(args, out=None):
     else:
         say(f"test: reconstruction loss (MSE) {result['loss']:.5f} (weights of epoch "
             f"{trainer.best_epoch})")
-    written = write_plots(run_dir, trainer.history, model, config, test, result, say)
+    written = write_plots(run_dir, trainer.history, model, config, test, result, say,
+                          best_epoch=trainer.best_epoch)
     files = sorted(set(os.listdir(run_dir)) & ({CHECKPOINT_NAME, "config.json", "metrics.csv",
                                                  "metrics.json", "test.json"} | set(written)))
     print(f"run folder: {run_dir}", file=out)
@@ -478,7 +519,7 @@ def _write_json(path, obj):
     os.replace(tmp, path)
 
 
-def write_plots(run_dir, history, model, config, test, result, say):
+def write_plots(run_dir, history, model, config, test, result, say, best_epoch=None):
     """The run's PNG figures; returns their file names (none without matplotlib)."""
     from . import plots
 
@@ -491,7 +532,10 @@ def write_plots(run_dir, history, model, config, test, result, say):
         draw(*a, os.path.join(run_dir, name), **kw)
         written.append(name)
 
-    save("curves.png", plots.plot_history, history)
+    dataset = config["dataset"] if config["dataset"] in nn_data.DATASETS else \
+        os.path.basename(config["dataset"])
+    save("curves.png", plots.plot_history, history,
+         title=f"{config['model']} on {dataset}", best_epoch=best_epoch)
     # Filters are drawn as images: only for image samples (C, H, W), not tabular (F,) rows.
     image = len(config["sample_shape"]) == 3
     first = _first_layer_weight(model, config["sample_shape"]) if image else None
@@ -529,6 +573,11 @@ def _first_layer_weight(model, sample_shape):
 
 # ---------------------------------------------------------------------- evaluate
 def run_evaluate(args, out=None):
+    with contextlib.ExitStack() as stack:
+        return _run_evaluate(args, out, stack)
+
+
+def _run_evaluate(args, out, stack):
     out = out or sys.stdout
     path = _checkpoint_file(args.checkpoint)
     ckpt = _load_checkpoint(path)
@@ -542,6 +591,7 @@ def run_evaluate(args, out=None):
     weights = ckpt.get("best_model") or ckpt["model"]
     model.load_state_dict(weights)
     model.to(args.device)
+    _choose_threads(args, model, config, args.batch_size, stack, lambda *a: None)
     loader = nn_data.DataLoader(split, batch_size=args.batch_size, device=args.device)
     result = evaluate(model, loader, build_loss(task), task, config["num_classes"])
     which = "best" if ckpt.get("best_model") else "last"

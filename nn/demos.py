@@ -88,20 +88,17 @@ def _accuracy(model, x, y):
     return float(np.mean(_predict(model, x).argmax(axis=1) == y))
 
 
-def _pyplot():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
+def _subplots(nrows=1, ncols=1, figsize=(5, 4)):
+    from . import plots
+    return plots.subplots(nrows, ncols, figsize=figsize)
 
 
-def _save(fig, out_dir, name, files):
-    path = os.path.join(out_dir, name)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    _pyplot().close(fig)
-    files.append(path)
-    return path
+def _save(fig, out_dir, name, files, tight=True):
+    from . import plots
+    if tight:
+        fig.tight_layout()
+    files.append(plots.save(fig, os.path.join(out_dir, name)))
+    return files[-1]
 
 
 # ---------------------------------------------------------------------------- vanishing gradients
@@ -203,8 +200,7 @@ def zero_init(out_dir, quick=False):
             "accuracy": _accuracy(model, x_test.astype(np.float64), y_test),
         }
     z, c, r = results["zero"], results["constant"], results["random"]
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(5, 3.2))
+    fig, ax = _subplots(figsize=(5, 3.2))
     names = ["all zero", "constant 0.1", "random N(0, 0.1)"]
     ax.bar(names, [z["accuracy"], c["accuracy"], r["accuracy"]], color=["grey", "tab:orange",
                                                                         "tab:blue"])
@@ -267,20 +263,30 @@ def image_kernels(out_dir, quick=False):
               "sharpness_sharpen": sharpness(out["sharpen"]), "sobel_top10_energy": top10,
               "max_abs_error": worst, "shape": gray.shape}
 
-    plt = _pyplot()
     panels = [("original (grayscale)", gray)] + [(n, out[n]) for n in names] + \
              [("Sobel magnitude", magnitude)]
-    fig, axes = plt.subplots(2, 4, figsize=(13, 5.2))
+    fig, axes = _subplots(2, 4, figsize=(13, 5.4))
     for ax, (title, img) in zip(axes.ravel(), panels):
         img = img[1:-1, 1:-1]  # the zero padding makes a frame of false edges; leave it out
-        signed = title in ("edge", "sobel_x", "sobel_y")
-        lim = np.percentile(np.abs(img), 99.5)
-        ax.imshow(img, cmap="RdBu_r" if signed else "gray",
-                  vmin=-lim if signed else (0 if title != "Sobel magnitude" else 0),
-                  vmax=lim if signed or title == "Sobel magnitude" else 1)
-        ax.set_title(title)
+        # Filter responses are near 0 almost everywhere and large on a few edge pixels: a
+        # scale set by the largest values leaves the edges faint.  Clip at the 98th
+        # percentile instead, and draw |response| bright on black (the edge filter, the
+        # Sobel magnitude) or the signed Sobel responses grey-centred (0 is mid grey).
+        if title in ("sobel_x", "sobel_y"):
+            lim = float(np.percentile(np.abs(img), 98))
+            ax.imshow(img, cmap="gray", vmin=-lim, vmax=lim)
+            title += " (signed, 0 = grey)"
+        elif title in ("edge", "Sobel magnitude"):
+            img = np.abs(img)
+            ax.imshow(img, cmap="gray", vmin=0, vmax=float(np.percentile(img, 98)))
+            title += " |response|" if title == "edge" else ""
+        else:
+            ax.imshow(img, cmap="gray", vmin=0, vmax=1)
+        ax.set_title(title, fontsize=10)
         ax.axis("off")
     axes.ravel()[-1].axis("off")
+    axes.ravel()[-1].text(0, 0.5, "responses clipped at their\n98th percentile of |value|,\n"
+                          "so edges show", fontsize=10, va="center")
     files = []
     _save(fig, out_dir, "image_kernels.png", files)
     agree = "exactly" if worst == 0 else f"to {worst:.1g}"
@@ -428,8 +434,7 @@ def curvature(out_dir, quick=False):
         losses.append(obj.loss(w))
         runs[factor] = losses
     set_flat_params(model, w0)
-    plt = _pyplot()
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
+    fig, (ax1, ax2) = _subplots(1, 2, figsize=(10, 3.6))
     ax1.plot(checkpoints, lams, "o-", label="lambda_max")
     ax1.axhline(2 / lr, color="r", ls="--", label=f"2 / lr (lr = {lr})")
     ax1.set_xlabel("SGD step")
@@ -496,8 +501,7 @@ def transfer(out_dir, quick=False):
             _train(model, loss_fn, nn.optim.Adam(trainable, lr=lr), xs, ys, steps, len(xs), rng)
             results[kind].append(_accuracy(model, xt, yt))
     base[0].unfreeze()
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    fig, ax = _subplots(figsize=(5, 3.5))
     for kind, accs in results.items():
         ax.plot(budgets, accs, "o-", label=kind)
     ax.set_xscale("log")
@@ -580,8 +584,7 @@ def xor(out_dir, quick=False):
     models = {"linear": nn.Linear(2, 2),
               "MLP 2-8-2": nn.models.MLP([2, 8, 2], activation="tanh")}
     acc = {}
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(9, 4))
+    fig, axes = _subplots(1, 2, figsize=(9, 4))
     grid = np.linspace(-2, 2, 201, dtype=np.float32)
     gx, gy = np.meshgrid(grid, grid)
     points = np.stack([gx.ravel(), gy.ravel()], axis=1)
@@ -592,11 +595,22 @@ def xor(out_dir, quick=False):
         acc[name] = _accuracy(model, x, y)
         region = _predict(model, points).argmax(axis=1).reshape(gx.shape)
         ax.contourf(gx, gy, region, levels=[-0.5, 0.5, 1.5], colors=["#cfe2f3", "#f4cccc"])
-        ax.scatter(x[:, 0], x[:, 1], c=y, cmap="bwr", s=6)
+        ax.contour(gx, gy, region, levels=[0.5], colors="k", linewidths=1)
+        for label, colour in ((0, "tab:blue"), (1, "tab:red")):
+            ax.scatter(x[y == label, 0], x[y == label, 1], color=colour, s=6,
+                       label=f"class {label} points")
         ax.set_title(f"{name}: accuracy {acc[name]:.1%}")
+        ax.set_xlabel("x1")
+        ax.set_ylabel("x2")
         ax.set_aspect("equal")
+    from matplotlib.patches import Patch
+    handles = axes[0].get_legend_handles_labels()[0] + [
+        Patch(color="#cfe2f3", label="predicted class 0"),
+        Patch(color="#f4cccc", label="predicted class 1")]
+    fig.legend(handles=handles, loc="lower center", ncol=4, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
     files = []
-    _save(fig, out_dir, "decision_regions.png", files)
+    _save(fig, out_dir, "decision_regions.png", files, tight=False)
     values = {"linear_accuracy": acc["linear"], "mlp_accuracy": acc["MLP 2-8-2"], "steps": steps}
     text = (f"On XOR (400 noisy points) a linear model reaches {acc['linear']:.1%} training "
             f"accuracy (no straight line puts more than 3 of the 4 clusters on the right side: "

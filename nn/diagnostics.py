@@ -166,11 +166,9 @@ def dead_relu_fraction(model, x):
 
 def plot_gradient_flow(curves, path, names=None, title="gradient flow"):
     """Gradient norm (log) against layer depth; ``curves`` maps a label to per-layer norms."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from . import plots
 
-    fig, ax = plt.subplots(figsize=(6, 3.8))
+    fig, ax = plots.subplots(figsize=(6, 3.8))
     for label, values in curves.items():
         values = np.asarray(values, dtype=np.float64)
         # a zero gradient (a dead layer) has no logarithm: it shows as a gap in the line
@@ -185,8 +183,4 @@ def plot_gradient_flow(curves, path, names=None, title="gradient flow"):
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return plots.save(fig, path)

@@ -22,8 +22,6 @@ in the plane's basis; in high dimensions a random plane holds almost none of the
 """
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
 __all__ = ["random_direction", "filter_normalize", "slice_1d", "slice_2d", "interpolate",
@@ -122,17 +120,11 @@ def pca_directions(points, w):
 
 
 # ---------------------------------------------------------------------------- plots
-def _pyplot():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
-
-
 def plot_line(alphas, curves, path, xlabel="alpha", ylabel="loss", title=None, logy=False):
     """Line plot of one or more slices: ``curves`` maps a label to losses. Writes ``path``."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    from . import plots
+
+    fig, ax = plots.subplots(figsize=(5, 3.5))
     for label, values in curves.items():
         ax.plot(alphas, values, label=label)
     ax.set_xlabel(xlabel)
@@ -143,34 +135,55 @@ def plot_line(alphas, curves, path, xlabel="alpha", ylabel="loss", title=None, l
         ax.set_title(title)
     if len(curves) > 1:
         ax.legend()
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    ax.grid(True, alpha=0.3)
+    return plots.save(fig, path)
 
 
 def plot_contour(alphas, betas, grid, path, trajectory=None, title=None, levels=30,
                  xlabel="direction 1", ylabel="direction 2"):
-    """Filled contour of a 2-D slice, with an optional projected path (``(T, 2)`` coords)."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(5, 4.3))
+    """Filled contour of a 2-D slice, with an optional projected path (``(T, 2)`` coords).
+
+    The path is drawn over the contours in black-edged white with its start and end marked.
+    When it spans less than a twentieth of the plane (a random plane holds almost none of a
+    training path), an inset magnifies the region around it, so it is visible either way.
+    """
+    from . import plots
+
+    fig, ax = plots.subplots(figsize=(5.6, 4.6))
     # log levels: losses near a minimum span decades and linear levels hide the basin.
     z = np.log10(np.maximum(grid, 1e-12))
     cs = ax.contourf(alphas, betas, z, levels=levels, cmap="viridis")
     ax.contour(alphas, betas, z, levels=levels, colors="k", linewidths=0.3, alpha=0.5)
     fig.colorbar(cs, ax=ax, label="log10 loss")
     if trajectory is not None:
-        t = np.asarray(trajectory)
-        ax.plot(t[:, 0], t[:, 1], "w.-", lw=1, ms=3, label="training path")
-        ax.plot(t[-1, 0], t[-1, 1], "r*", ms=10, label="end")
-        ax.legend(loc="upper right", fontsize=8)
+        t = np.asarray(trajectory, dtype=np.float64)
+        _draw_path(ax, t, legend=True)
+        span = max(float(np.ptp(t[:, 0])), float(np.ptp(t[:, 1])))
+        extent = max(float(np.ptp(alphas)), float(np.ptp(betas)))
+        if span < extent / 20:
+            # A magnified view of the path; the axes' ticks give its true size.
+            inset = ax.inset_axes([0.04, 0.04, 0.36, 0.36])
+            _draw_path(inset, t, legend=False)
+            pad = max(span, 1e-12) * 0.15
+            inset.set_xlim(t[:, 0].min() - pad, t[:, 0].max() + pad)
+            inset.set_ylim(t[:, 1].min() - pad, t[:, 1].max() + pad)
+            inset.set_facecolor("#f0f0f0")
+            inset.tick_params(labelsize=6)
+            inset.set_title(f"path, magnified (spans {span:.2g})", fontsize=7)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     if title:
         ax.set_title(title)
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return plots.save(fig, path)
+
+
+def _draw_path(ax, t, legend):
+    ax.plot(t[:, 0], t[:, 1], "-", color="k", lw=3)  # a dark edge under the white line
+    ax.plot(t[:, 0], t[:, 1], ".-", color="white", lw=1.5, ms=4,
+            label="training path" if legend else None)
+    ax.plot(t[0, 0], t[0, 1], "o", ms=7, mfc="orange", mec="k",
+            label="start" if legend else None)
+    ax.plot(t[-1, 0], t[-1, 1], "*", ms=13, mfc="red", mec="k",
+            label="end (trained)" if legend else None)
+    if legend:
+        ax.legend(loc="upper right", fontsize=8, facecolor="#dddddd")

@@ -1,17 +1,21 @@
-"""PNG figures for a training run: curves, first-layer filters, confusion matrix, autoencoder views.
+"""PNG figures: the one place the package draws with matplotlib.
 
-matplotlib is optional (the ``plot`` extra) and imported only when a figure is drawn.  Figures
-are drawn on the Agg canvas directly (no pyplot), so nothing global such as the user's
-backend choice changes.  :func:`available` says whether plotting can happen; callers print a
-one-line notice and skip when it cannot.
+Training-run figures (curves, first-layer filters, confusion matrix, autoencoder views) live
+here, and every other module that draws (demos, landscapes, gradient flow) makes its figures
+with :func:`subplots` and writes them with :func:`save`.  matplotlib is optional (the
+``plot`` extra) and imported only when a figure is drawn.  Figures are drawn on the Agg canvas
+directly (no pyplot, no ``matplotlib.use``), so nothing global such as the user's backend
+choice changes and no figure stays open.  :func:`available` says whether plotting can
+happen; callers print a one-line notice and skip when it cannot.
 """
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 
-__all__ = ["available", "MISSING_NOTICE", "plot_history", "plot_filters", "plot_confusion",
+__all__ = ["available", "MISSING_NOTICE", "figure", "subplots", "save", "plot_history", "plot_filters", "plot_confusion",
            "plot_reconstructions", "plot_codes"]
 
 MISSING_NOTICE = "matplotlib is not installed (pip install '.[plot]'): skipping plots"
@@ -25,7 +29,8 @@ def available():
     return True
 
 
-def _figure(width, height):
+def figure(width, height):
+    """A matplotlib ``Figure`` on its own Agg canvas (``width`` x ``height`` inches)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -34,16 +39,32 @@ def _figure(width, height):
     return fig
 
 
-def _save(fig, path):
-    fig.savefig(path, bbox_inches="tight")
+def subplots(nrows=1, ncols=1, figsize=(5, 4), **kwargs):
+    """``(fig, axes)`` as ``pyplot.subplots`` gives them, on an Agg canvas of its own."""
+    fig = figure(*figsize)
+    axes = fig.subplots(nrows, ncols, **kwargs)
+    return fig, axes
+
+
+def save(fig, path, dpi=110):
+    """Write ``fig`` as a PNG at ``path`` (making its folder); returns ``path``."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fig.savefig(path, dpi=dpi, bbox_inches="tight")
     return path
 
 
-def plot_history(history, path):
-    """Loss (and accuracy, when recorded) per epoch for training and validation."""
+
+
+def plot_history(history, path, title=None, best_epoch=None):
+    """Loss (and accuracy, when recorded) per epoch for training and validation.
+
+    ``title`` (e.g. "lenet on digits") heads the figure; ``best_epoch``, the epoch whose
+    weights were kept, is marked with a dashed line and its validation values circled.
+    """
     epochs = [row["epoch"] for row in history]
     has_acc = any("train_accuracy" in row for row in history)
-    fig = _figure(10 if has_acc else 5, 3.6)
+    fig = figure(10 if has_acc else 5.5, 3.8)
     panels = [("loss", "loss")] + ([("accuracy", "accuracy (%)")] if has_acc else [])
     for i, (key, label) in enumerate(panels, start=1):
         ax = fig.add_subplot(1, len(panels), i)
@@ -53,13 +74,22 @@ def plot_history(history, path):
             if any(v is not None for v in values):
                 ax.plot(epochs, [np.nan if v is None else scale * v for v in values], style,
                         markersize=3, label="validation" if split == "val" else split)
+        if best_epoch is not None and best_epoch in epochs:
+            row = history[epochs.index(best_epoch)]
+            ax.axvline(best_epoch, color="k", ls="--", lw=1,
+                       label=f"kept: epoch {best_epoch}")
+            value = row.get(f"val_{key}")
+            if value is not None:
+                ax.plot([best_epoch], [scale * value], "o", ms=9, mfc="none", mec="k")
         ax.set_xlabel("epoch")
         ax.set_ylabel(label)
         if key == "loss" and all(row.get("train_loss", 1) > 0 for row in history):
             ax.set_yscale("log")
         ax.grid(True, alpha=0.3)
-        ax.legend()
-    return _save(fig, path)
+        ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    return save(fig, path)
 
 
 def _grid(count):
@@ -86,27 +116,37 @@ def plot_filters(weight, path, input_shape=None, title="first-layer filters"):
                          f"shape {w.shape}")
     w = w[:64]
     rows, cols = _grid(len(w))
-    fig = _figure(1.1 * cols, 1.1 * rows + 0.4)
+    fig = figure(1.1 * cols + 1.0, 1.1 * rows + 0.5)
     fig.suptitle(title)
+    # One colour scale for all filters, symmetric about 0: a weight's sign and size read the
+    # same in every panel (white is 0), and the colorbar gives the numbers.
+    rgb = w.shape[1] == 3
+    lim = float(np.abs(w).max()) + 1e-12 if rgb else \
+        float(np.abs(w.mean(axis=1)).max()) + 1e-12
+    axes = []
+    image = None
     for i, f in enumerate(w):
         ax = fig.add_subplot(rows, cols, i + 1)
-        if f.shape[0] == 3:
-            lo, hi = f.min(), f.max()
-            ax.imshow(np.transpose((f - lo) / (hi - lo + 1e-12), (1, 2, 0)))
+        if rgb:  # each channel mapped from [-lim, lim] to [0, 1]: grey is 0
+            ax.imshow(np.transpose((f + lim) / (2 * lim), (1, 2, 0)))
         else:
-            img = f.mean(axis=0)
-            lim = np.abs(img).max() + 1e-12
-            ax.imshow(img, cmap="RdBu_r", vmin=-lim, vmax=lim)
+            image = ax.imshow(f.mean(axis=0), cmap="RdBu_r", vmin=-lim, vmax=lim)
         ax.set_xticks([])
         ax.set_yticks([])
-    return _save(fig, path)
+        axes.append(ax)
+    if image is not None:
+        fig.colorbar(image, ax=axes, fraction=0.04, pad=0.02, label="weight")
+    else:
+        fig.text(0.5, 0.0, f"RGB: each channel from -{lim:.2g} (0) to {lim:.2g} (1); grey is 0",
+                 ha="center", fontsize=8)
+    return save(fig, path)
 
 
 def plot_confusion(matrix, path, title="confusion matrix (test split)"):
     """Counts with the true class on rows and the predicted class on columns."""
     m = np.asarray(matrix)
     k = m.shape[0]
-    fig = _figure(0.45 * k + 2.2, 0.45 * k + 1.6)
+    fig = figure(0.45 * k + 2.2, 0.45 * k + 1.6)
     ax = fig.add_subplot(1, 1, 1)
     image = ax.imshow(m, cmap="Blues")
     fig.colorbar(image, ax=ax, fraction=0.046)
@@ -121,7 +161,7 @@ def plot_confusion(matrix, path, title="confusion matrix (test split)"):
                 if m[i, j]:
                     ax.text(j, i, str(m[i, j]), ha="center", va="center", fontsize=7,
                             color="white" if m[i, j] > m.max() / 2 else "black")
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def plot_reconstructions(x, x_hat, path, count=10):
@@ -129,7 +169,7 @@ def plot_reconstructions(x, x_hat, path, count=10):
     x = np.asarray(x)[:count]
     x_hat = np.asarray(x_hat)[:count]
     n = len(x)
-    fig = _figure(1.0 * n, 2.3)
+    fig = figure(1.0 * n, 2.3)
     fig.suptitle("inputs (top) and reconstructions (bottom)")
     for row, images in enumerate((x, x_hat)):
         for i, img in enumerate(images):
@@ -137,7 +177,7 @@ def plot_reconstructions(x, x_hat, path, count=10):
             ax.imshow(img.mean(axis=0) if img.ndim == 3 else img, cmap="gray", vmin=0, vmax=1)
             ax.set_xticks([])
             ax.set_yticks([])
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def plot_codes(codes, labels, path, title="2-D codes of the test split"):
@@ -146,7 +186,7 @@ def plot_codes(codes, labels, path, title="2-D codes of the test split"):
     if codes.shape[1] < 2:
         raise ValueError(f"plot_codes: needs codes with at least 2 dimensions, got {codes.shape}")
     labels = np.asarray(labels)
-    fig = _figure(5.5, 4.5)
+    fig = figure(5.5, 4.5)
     ax = fig.add_subplot(1, 1, 1)
     # tab10 gives each of up to ten classes its own colour when the range is fixed.
     limits = {"vmin": -0.5, "vmax": 9.5} if labels.max(initial=0) < 10 else {}
@@ -155,4 +195,4 @@ def plot_codes(codes, labels, path, title="2-D codes of the test split"):
     ax.set_xlabel("code 1")
     ax.set_ylabel("code 2")
     ax.set_title(title)
-    return _save(fig, path)
+    return save(fig, path)

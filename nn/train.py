@@ -63,7 +63,7 @@ def _write_atomic(path, text):
             os.remove(tmp)
 
 
-def _progress(total, desc, enabled, unit="batch"):
+def _progress(total, desc, enabled):
     """A tqdm bar on stderr, or None when quiet or when stderr is not a terminal."""
     if not enabled or not sys.stderr.isatty():
         return None
@@ -71,44 +71,8 @@ def _progress(total, desc, enabled, unit="batch"):
         from tqdm import tqdm
     except ImportError:
         return None
-    return tqdm(total=total, desc=desc, unit=unit, leave=False, file=sys.stderr,
+    return tqdm(total=total, desc=desc, unit="batch", leave=False, file=sys.stderr,
                 dynamic_ncols=True)
-
-
-def compile_kernels_if_cold(model, log, show_progress=True):
-    """Before a first epoch on the CPU: compile the common kernels, saying so, when cold.
-
-    The first run of a fresh install compiles every kernel it calls (tens of seconds, see
-    ``kernels.warmup``); without a word that looks like a hang.  When the warmup calls would
-    compile, this logs "compiling kernels for this machine (first run only, about N s)" and
-    runs them with a progress bar; when Numba's cache already holds them it does nothing.
-    Returns the seconds spent (0.0 when nothing was cold).
-    """
-    import importlib
-
-    # (``kernels.warmup`` as an attribute is the function; the module is what is needed.)
-    kw = importlib.import_module("kernels.warmup")
-
-    params = list(model.parameters())
-    if not params or kernels.device_of(params[0].data) != "cpu":
-        return 0.0
-    dtype = params[0].data.dtype
-    if dtype not in (np.float32, np.float64):
-        return 0.0
-    cold = kw.cold_calls(dtype)
-    if not cold:
-        return 0.0
-    log(f"compiling kernels for this machine (first run only, about "
-        f"{max(1, round(sum(cold.values()))):d} s)")
-    bar = _progress(len(kw.COLD_SECONDS), "compiling", show_progress, unit="kernel")
-    start = time.perf_counter()
-    try:
-        kw.warmup(dtypes=(dtype,), progress=None if bar is None else
-                  lambda name: (bar.set_postfix_str(name, refresh=False), bar.update(1)))
-    finally:
-        if bar is not None:
-            bar.close()
-    return time.perf_counter() - start
 
 
 def evaluate(model, loader, loss_fn, task="classification", num_classes=None):
@@ -422,3 +386,41 @@ def fit(model, train_loader, val_loader=None, *, loss_fn, optimizer, scheduler=N
     trainer = Trainer(model, loss_fn, optimizer, scheduler, **trainer_options)
     trainer.fit(train_loader, val_loader, epochs=epochs)
     return trainer
+
+
+def compile_kernels_if_cold(model, log, show_progress=True):
+    """Before a first epoch on the CPU: compile the common kernels, saying so, when cold.
+
+    The first run of a fresh install compiles every kernel it calls (tens of seconds, see
+    ``kernels.warmup``); without a word that looks like a hang.  When the warmup calls would
+    compile, this logs "compiling kernels for this machine (first run only, about N s)" and
+    runs them with a progress bar; when Numba's cache already holds them it does nothing.
+    Returns the seconds spent (0.0 when nothing was cold).
+    """
+    import importlib
+
+    # (``kernels.warmup`` as an attribute is the function; the module is what is needed.)
+    kw = importlib.import_module("kernels.warmup")
+
+    params = list(model.parameters())
+    if not params or kernels.device_of(params[0].data) != "cpu":
+        return 0.0
+    dtype = params[0].data.dtype
+    if dtype not in (np.float32, np.float64):
+        return 0.0
+    cold = kw.cold_calls(dtype)
+    if not cold:
+        return 0.0
+    log(f"compiling kernels for this machine (first run only, about "
+        f"{max(1, round(sum(cold.values()))):d} s)")
+    bar = _progress(len(kw.COLD_SECONDS), "compiling", show_progress)
+    if bar is not None:
+        bar.unit = "kernel"
+    start = time.perf_counter()
+    try:
+        kw.warmup(dtypes=(dtype,), progress=None if bar is None else
+                  lambda name: (bar.set_postfix_str(name, refresh=False), bar.update(1)))
+    finally:
+        if bar is not None:
+            bar.close()
+    return time.perf_counter() - start

@@ -162,7 +162,7 @@ def test_mlp_on_tabular_data_skips_the_image_plots(tabular_npz, tmp_path, capsys
                      "--out", str(run_dir), "--quiet"]) == 0
     assert "run folder" in capsys.readouterr().out
     names = set(os.listdir(run_dir))
-    assert "filters.png" not in names and "checkpoint.npz" in names
+    assert "filters.png" not in names and cli.CHECKPOINT_NAME in names
     if plots.available():
         assert {"curves.png", "confusion.png"} <= names
 
