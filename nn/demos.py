@@ -440,11 +440,13 @@ def curvature(out_dir, quick=False):
     ax1.set_xlabel("SGD step")
     ax1.set_ylabel("top Hessian eigenvalue")
     ax1.set_yscale("log")
+    ax1.set_title("sharpness during SGD (64-32-10 tanh MLP)", fontsize=10)
     ax1.legend()
     for factor, losses in runs.items():
         ax2.semilogy(losses, label=f"lr = {factor} x 2/lambda_max")
     ax2.set_xlabel("full-batch GD step from the trained weights")
     ax2.set_ylabel("training loss")
+    ax2.set_title("gradient descent just under and over lr = 2/lambda_max", fontsize=10)
     ax2.legend()
     files = []
     _save(fig, out_dir, "curvature.png", files)

@@ -162,14 +162,17 @@ def plot_contour(alphas, betas, grid, path, trajectory=None, title=None, levels=
         extent = max(float(np.ptp(alphas)), float(np.ptp(betas)))
         if span < extent / 20:
             # A magnified view of the path; the axes' ticks give its true size.
-            inset = ax.inset_axes([0.04, 0.04, 0.36, 0.36])
+            # A magnified view of the path in the lower right; its title gives the true size.
+            inset = ax.inset_axes([0.6, 0.05, 0.36, 0.36])
             _draw_path(inset, t, legend=False)
             pad = max(span, 1e-12) * 0.15
             inset.set_xlim(t[:, 0].min() - pad, t[:, 0].max() + pad)
             inset.set_ylim(t[:, 1].min() - pad, t[:, 1].max() + pad)
-            inset.set_facecolor("#f0f0f0")
-            inset.tick_params(labelsize=6)
-            inset.set_title(f"path, magnified (spans {span:.2g})", fontsize=7)
+            inset.set_facecolor("#f4f4f4")
+            inset.set_xticks([])
+            inset.set_yticks([])
+            inset.set_title(f"path magnified (it spans {span:.2g})", fontsize=7, pad=2,
+                            bbox={"facecolor": "white", "alpha": 0.8, "lw": 0, "pad": 1})
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     if title:

@@ -97,7 +97,8 @@ def _grid(count):
     return int(math.ceil(count / cols)), cols
 
 
-def plot_filters(weight, path, input_shape=None, title="first-layer filters"):
+def plot_filters(weight, path, input_shape=None,
+                 title="first-layer filters (one colour scale for all, white = 0)"):
     """Each output unit's weights as a small image.
 
     ``weight`` is a Conv2d weight (OC, C, KH, KW) - one image per filter, channels averaged
