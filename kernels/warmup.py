@@ -23,16 +23,35 @@ import time
 
 import numpy as np
 
-__all__ = ["warmup", "cold_calls", "COLD_SECONDS"]
+__all__ = ["warmup", "cold_calls", "estimate_seconds", "COLD_SECONDS"]
 
-# Seconds each call took to compile with an empty cache, float32, on a quiet 2-core AVX-512
-# machine (measured 2026-12-07 with an empty NUMBA_CACHE_DIR; see the README).  Used only to
-# say "about N s" before a first warmup; once a warmup has run, its own times are recorded.
+# Seconds each call takes to compile with an empty cache on a quiet 2-core AVX-512 machine,
+# used only to say "about N s" before a first warmup (afterwards a warmup's own times are
+# recorded and used).  The whole warmup took 32 s there (benchmarks/bench_compile.py,
+# 2026-11-22); the split between calls is that of a cold warmup measured on 2026-12-07 at
+# load average 7.7 (253 s in all: relu 12.0, tanh 39.5, sigmoid 32.6, softmax 18.8,
+# cross_entropy 14.0, conv2d_forward 51.4, conv2d_backward 59.5, max_pool2d 6.4,
+# avg_pool2d 12.1, sgd_step 3.0, adam_step 3.6), scaled to 32 s.
 COLD_SECONDS = {
-    "relu": 0.6, "tanh": 1.9, "sigmoid": 1.9, "softmax": 0.9, "cross_entropy": 1.6,
-    "conv2d_forward": 5.2, "conv2d_backward": 9.0, "max_pool2d": 2.4, "avg_pool2d": 2.2,
-    "sgd_step": 0.9, "adam_step": 1.4,
+    "relu": 1.5, "tanh": 5.0, "sigmoid": 4.1, "softmax": 2.4, "cross_entropy": 1.8,
+    "conv2d_forward": 6.5, "conv2d_backward": 7.5, "max_pool2d": 0.8, "avg_pool2d": 1.5,
+    "sgd_step": 0.4, "adam_step": 0.5,
 }
+
+
+def estimate_seconds(cold):
+    """About how long compiling the ``cold`` calls takes here and now (seconds).
+
+    The recorded times are for an idle machine; compiling is single-threaded work that
+    shares the cores with everything else, so a load average above the core count
+    stretches it about in proportion (measured: 253 s at load 7.7 on 2 cores, 32 s idle).
+    """
+    total = sum(cold.values())
+    try:
+        busy = os.getloadavg()[0] / (os.cpu_count() or 1)
+    except (AttributeError, OSError):
+        busy = 0.0
+    return total * max(1.0, busy)
 
 
 def _calls(dtype):

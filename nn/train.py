@@ -412,7 +412,7 @@ def compile_kernels_if_cold(model, log, show_progress=True):
     if not cold:
         return 0.0
     log(f"compiling kernels for this machine (first run only, about "
-        f"{max(1, round(sum(cold.values()))):d} s)")
+        f"{max(1, round(kw.estimate_seconds(cold))):d} s)")
     bar = _progress(len(kw.COLD_SECONDS), "compiling", show_progress)
     if bar is not None:
         bar.unit = "kernel"
