@@ -255,3 +255,45 @@ def test_a_closed_pipe_ends_quietly():
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 141
     assert err == ""
+
+
+# ---------------------------------------------------------------------- first run, threads
+def test_first_epoch_that_compiles_is_announced(monkeypatch):
+    import importlib
+
+    from nn.train import compile_kernels_if_cold
+
+    kw = importlib.import_module("kernels.warmup")
+    import nn
+    model = nn.Linear(3, 2)
+    warmed, lines = [], []
+    monkeypatch.setattr(kw, "cold_calls", lambda dtype: {"relu": 1.5, "conv2d_forward": 6.5})
+    monkeypatch.setattr(kw.os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    monkeypatch.setattr(kw, "warmup", lambda dtypes, progress=None: warmed.append(dtypes))
+    compile_kernels_if_cold(model, lines.append)
+    assert lines == ["compiling kernels for this machine (first run only, about 8 s)"]
+    assert warmed == [(np.dtype(np.float32),)]
+    # Warm cache: not a word, nothing run.
+    monkeypatch.setattr(kw, "cold_calls", lambda dtype: {})
+    lines.clear()
+    compile_kernels_if_cold(model, lines.append)
+    assert lines == [] and len(warmed) == 1
+
+
+def test_default_threads_one_for_small_models_all_cores_for_large():
+    from nn import models
+
+    lenet = models.LeNet5(in_channels=1, num_classes=10, input_size=8)
+    threads, macs = cli.default_threads(lenet, (1, 8, 8), 32)
+    assert threads == 1 and macs == 67_240 * 32                     # the README's summary
+    vgg = models.SmallVGG(in_channels=3, num_classes=10, input_size=32)
+    threads, macs = cli.default_threads(vgg, (3, 32, 32), 64)
+    assert threads is None and macs >= cli.SMALL_BATCH_MACS
+
+
+def test_train_says_when_it_picks_one_thread(tiny_npz, tmp_path, capsys):
+    base = ["train", "--dataset", tiny_npz, "--model", "mlp", "--epochs", "1"]
+    assert cli.main(base + ["--out", str(tmp_path / "a")]) == 0
+    assert "threads: 1 (a small model" in capsys.readouterr().out
+    assert cli.main(base + ["--out", str(tmp_path / "b"), "--threads", "2"]) == 0
+    assert "threads: 1" not in capsys.readouterr().out
