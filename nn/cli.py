@@ -372,24 +372,24 @@ def default_threads(model, sample_shape, batch_size):
     return (1 if macs < SMALL_BATCH_MACS else None), macs
 
 
-def _choose_threads(args, model, config, batch_size, stack, say):
+def _choose_threads(args, model, config, batch_size, held, say):
     """Apply the default thread rule when --threads is not given (CPU runs only)."""
     if getattr(args, "threads", None) or config["device"] != "cpu":
         return
     threads, macs = default_threads(model, config["sample_shape"], batch_size)
     if threads is not None:
-        stack.enter_context(numba_threads(threads))
+        held.enter_context(numba_threads(threads))
         say(f"threads: 1 (a small model, {macs / 1e6:.1f}M multiply-adds per batch of "
             f"{batch_size}; --threads N to use more cores)")
 
 
 # ---------------------------------------------------------------------- train
 def run_train(args, out=None):
-    with contextlib.ExitStack() as stack:
-        return _run_train(args, out, stack)
+    with contextlib.ExitStack() as held:   # contexts held for the whole run (threads)
+        return _run_train(args, out, held)
 
 
-def _run_train(args, out, stack):
+def _run_train(args, out, held):
     out = out or sys.stdout
     start = time.perf_counter()
     ranks, rank = launcher_ranks()
@@ -476,7 +476,7 @@ def _run_train(args, out, stack):
         from .train import compile_kernels_if_cold
         # Before the thread rule's one-sample forward pass, which would compile unannounced.
         compile_kernels_if_cold(model, lambda line: print(line, file=out, flush=True))
-    _choose_threads(args, model, config, config["batch_size"], stack, say)
+    _choose_threads(args, model, config, config["batch_size"], held, say)
     trainer = Trainer(trained, loss_fn, optimizer, scheduler, task=task,
                       run_dir=run_dir if is_main else None, comm=comm,
                       patience=config["patience"], quiet=quiet, config=config,
@@ -573,11 +573,11 @@ def _first_layer_weight(model, sample_shape):
 
 # ---------------------------------------------------------------------- evaluate
 def run_evaluate(args, out=None):
-    with contextlib.ExitStack() as stack:
-        return _run_evaluate(args, out, stack)
+    with contextlib.ExitStack() as held:
+        return _run_evaluate(args, out, held)
 
 
-def _run_evaluate(args, out, stack):
+def _run_evaluate(args, out, held):
     out = out or sys.stdout
     path = _checkpoint_file(args.checkpoint)
     ckpt = _load_checkpoint(path)
@@ -591,7 +591,7 @@ def _run_evaluate(args, out, stack):
     weights = ckpt.get("best_model") or ckpt["model"]
     model.load_state_dict(weights)
     model.to(args.device)
-    _choose_threads(args, model, config, args.batch_size, stack, lambda *a: None)
+    _choose_threads(args, model, config, args.batch_size, held, lambda *a: None)
     loader = nn_data.DataLoader(split, batch_size=args.batch_size, device=args.device)
     result = evaluate(model, loader, build_loss(task), task, config["num_classes"])
     which = "best" if ckpt.get("best_model") else "last"
