@@ -219,7 +219,8 @@ def roofline(rows, path):
     if memory:
         ax = axes[1]
         rates = [r["bytes"] / r["median"] / 1e9 for r in memory]
-        labels = [f"{r['case']} {r['shape']}".strip() for r in memory]
+        labels = [r["case"] if str(r["shape"]) in r["case"] else f"{r['case']} {r['shape']}"
+                  for r in memory]
         ypos = np.arange(len(memory))[::-1]
         ax.barh(ypos, rates, color="C0")
         ax.set_yticks(ypos)
@@ -229,7 +230,8 @@ def roofline(rows, path):
             for y, rate in zip(ypos, rates):
                 ax.text(rate, y, f" {100 * rate / bw:.0f}%", va="center", fontsize=6.5)
             ax.legend(fontsize=8, loc="lower right")
-        ax.set_xlabel("achieved GB/s (bytes read + written / time)")
+        ax.set_xlabel("achieved GB/s (bytes read + written / time); above the roof: the data "
+                      "fit in cache")
         ax.set_title("Memory-bound ops against the bandwidth roof")
         ax.grid(True, axis="x", alpha=0.3)
     fig.tight_layout()
