@@ -17,8 +17,6 @@
 """
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
 from kernels import array_module, device_of, to_host

@@ -15,8 +15,8 @@ import os
 
 import numpy as np
 
-__all__ = ["available", "MISSING_NOTICE", "figure", "subplots", "save", "plot_history", "plot_filters", "plot_confusion",
-           "plot_reconstructions", "plot_codes"]
+__all__ = ["available", "MISSING_NOTICE", "figure", "subplots", "save", "plot_history",
+           "plot_filters", "plot_confusion", "plot_reconstructions", "plot_codes"]
 
 MISSING_NOTICE = "matplotlib is not installed (pip install '.[plot]'): skipping plots"
 
