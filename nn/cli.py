@@ -472,10 +472,11 @@ def _run_train(args, out, held):
             f"batch of {config['batch_size']}; rank 0 prints and writes the run folder")
     if resume is not None:
         say(f"resuming from {args.resume} after epoch {resume['epoch']}")
+    compiled = 0.0
     if not quiet and config["device"] == "cpu":
         from .train import compile_kernels_if_cold
         # Before the thread rule's one-sample forward pass, which would compile unannounced.
-        compile_kernels_if_cold(model, lambda line: print(line, file=out, flush=True))
+        compiled = compile_kernels_if_cold(model, lambda line: print(line, file=out, flush=True))
     _choose_threads(args, model, config, config["batch_size"], held, say)
     trainer = Trainer(trained, loss_fn, optimizer, scheduler, task=task,
                       run_dir=run_dir if is_main else None, comm=comm,
@@ -500,8 +501,8 @@ def _run_train(args, out, held):
                                                  "metrics.json", "test.json"} | set(written)))
     print(f"run folder: {run_dir}", file=out)
     say(f"  {', '.join(files)}")
-    say(f"  total {time.perf_counter() - start:.1f} s (the first epoch includes compiling "
-        f"kernels not yet in Numba's cache)")
+    say(f"  total {time.perf_counter() - start:.1f} s" + (
+        f" ({compiled:.0f} s of it compiling kernels for this machine)" if compiled else ""))
     return 0
 
 
