@@ -427,9 +427,10 @@ def _run_train(args, out, held):
         backend = "nccl" if config["device"] == "cuda" and not kernels.SIMULATOR else "mpi"
         comm = dist.init(backend)
         if comm.size == 1:
-            print(f"{PROG} train: note: --distributed in a process not started by mpiexec: "
-                  f"training on 1 process (for N: mpiexec -n N python -m mpi4py -m nn train "
-                  f"--distributed)", file=sys.stderr)
+            launched = any(k in os.environ for k in _LAUNCHER_SIZE + _LAUNCHER_RANK)
+            how = "mpiexec -n 1" if launched else "a process not started by mpiexec"
+            print(f"{PROG} train: note: --distributed in {how}: training on 1 process (for N: "
+                  f"mpiexec -n N python -m mpi4py -m nn train --distributed)", file=sys.stderr)
     is_main = comm is None or comm.is_main
     quiet = bool(args.quiet) or not is_main
     if is_main:  # before the data is read: a bad --out fails in a second, not after training
