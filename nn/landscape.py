@@ -184,9 +184,10 @@ def _draw_path(ax, t, legend):
     ax.plot(t[:, 0], t[:, 1], "-", color="k", lw=3)  # a dark edge under the white line
     ax.plot(t[:, 0], t[:, 1], ".-", color="white", lw=1.5, ms=4,
             label="training path" if legend else None)
-    ax.plot(t[0, 0], t[0, 1], "o", ms=7, mfc="orange", mec="k",
-            label="start" if legend else None)
     ax.plot(t[-1, 0], t[-1, 1], "*", ms=13, mfc="red", mec="k",
             label="end (trained)" if legend else None)
+    # A ring drawn last: the start stays visible where the path returns close to it.
+    ax.plot(t[0, 0], t[0, 1], "o", ms=11, mfc="none", mec="orange", mew=2.5,
+            label="start" if legend else None)
     if legend:
         ax.legend(loc="upper right", fontsize=8, facecolor="#dddddd")
