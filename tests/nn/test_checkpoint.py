@@ -19,6 +19,7 @@ import pytest
 import kernels as K
 import nn
 from nn.checkpoint import CheckpointError
+from legacy_checkpoint import save_npz, write_raw
 
 CHECKPOINT_PY = Path(nn.checkpoint.__file__).resolve()
 LEGACY_FILE = Path(__file__).parent / "data" / "legacy_v1.npz"
@@ -195,43 +196,6 @@ def test_unsupported_values_are_refused_before_writing(tmp_path):
 
 
 # ---------------------------------------------------------------- the previous .npz format
-def _save_npz(obj, path, compress=False):
-    """A checkpoint in the previous format (uncompressed .npz + __checkpoint__ header), as
-    the library wrote until it moved to safetensors: what old run folders hold."""
-    arrays, records = [], []
-
-    def encode(value):
-        if isinstance(value, np.generic):
-            arrays.append(np.asarray(value))
-            tag = "$scalar"
-        elif isinstance(value, np.ndarray):
-            arrays.append(np.asarray(value, order="C"))
-            tag = "$array"
-        elif isinstance(value, dict):
-            return {"$dict": [[k, encode(v)] for k, v in value.items()]}
-        elif isinstance(value, (list, tuple)):
-            return {"$tuple" if isinstance(value, tuple) else "$list": [encode(v) for v in value]}
-        elif isinstance(value, float) and not math.isfinite(value):
-            return {"$float": repr(value)}
-        else:
-            return value
-        a = arrays[-1]
-        records.append({"dtype": a.dtype.str, "shape": list(a.shape), "sha256": hashlib.sha256(
-            a.reshape(-1).view(np.uint8)).hexdigest()})
-        return {tag: len(arrays) - 1}
-
-    tree = encode(obj)
-    _write_raw(path, {"format": "numba-dl-checkpoint", "version": 1, "arrays": records,
-                      "tree": tree}, compress=compress, **{f"a{k}": a for k, a in enumerate(arrays)})
-
-
-def _write_raw(path, header, compress=False, **arrays):
-    text = json.dumps(header, separators=(",", ":")).encode()
-    raw = np.frombuffer(hashlib.sha256(text).hexdigest().encode() + text, np.uint8)
-    with open(path, "wb") as f:  # a file object: np.savez would add ".npz" to a name
-        (np.savez_compressed if compress else np.savez)(f, __checkpoint__=raw, **arrays)
-
-
 def _legacy_content():
     """What tests/nn/data/legacy_v1.npz holds (written by the previous nn.save)."""
     rng = np.random.default_rng(5)
@@ -246,14 +210,14 @@ def _legacy_content():
 def test_a_checkpoint_written_by_the_previous_version_still_loads(tmp_path):
     assert LEGACY_FILE.read_bytes()[:4] == b"PK\x03\x04"
     assert_same(_legacy_content(), nn.load(LEGACY_FILE))
-    _save_npz(_legacy_content(), tmp_path / "again.npz")  # the test's writer agrees
+    save_npz(_legacy_content(), tmp_path / "again.npz")  # the test's writer agrees
     assert_same(_legacy_content(), nn.load(tmp_path / "again.npz"))
 
 
 def _writers():
     def st(obj, path):
         nn.save(obj, path)
-    return [pytest.param(st, id="safetensors"), pytest.param(_save_npz, id="npz")]
+    return [pytest.param(st, id="safetensors"), pytest.param(save_npz, id="npz")]
 
 
 # ---------------------------------------------------------------- damaged files
@@ -341,12 +305,12 @@ def test_pickled_object_arrays_are_refused(tmp_path):
     header = {"format": "numba-dl-checkpoint", "version": 1, "tree": {"$array": 0},
               "arrays": [{"dtype": "|O", "shape": [1], "sha256": "0" * 64}]}
     path = tmp_path / "evil.npz"
-    _write_raw(path, header, a0=evil)
+    write_raw(path, header, a0=evil)
     with pytest.raises(CheckpointError, match="evil.npz.*[Oo]bject arrays"):
         nn.load(path)
     # The same lie in the entry only: the header promises floats, the .npy holds pickles.
     header["arrays"][0]["dtype"] = "<f8"
-    _write_raw(path, header, a0=evil)
+    write_raw(path, header, a0=evil)
     with pytest.raises(CheckpointError, match="evil.npz.*[Oo]bject arrays"):
         nn.load(path)
     assert not _Exploit.marker.exists()
@@ -357,18 +321,18 @@ def test_header_and_entries_must_agree(tmp_path):
             "arrays": [{"dtype": "<f8", "shape": [3], "sha256": hashlib.sha256(
                 np.ones(3).tobytes()).hexdigest()}]}
     path = tmp_path / "h.npz"
-    _write_raw(path, good, a0=np.ones(3))
+    write_raw(path, good, a0=np.ones(3))
     np.testing.assert_array_equal(nn.load(path), np.ones(3))
-    _write_raw(path, dict(good, version=99), a0=np.ones(3))
+    write_raw(path, dict(good, version=99), a0=np.ones(3))
     with pytest.raises(CheckpointError, match="version 99"):
         nn.load(path)
-    _write_raw(path, good, a0=np.ones(4))
+    write_raw(path, good, a0=np.ones(4))
     with pytest.raises(CheckpointError, match="a0 is <f8 \\[4\\], the header says <f8 \\[3\\]"):
         nn.load(path)
-    _write_raw(path, good, a0=np.ones(3), a1=np.ones(1))
+    write_raw(path, good, a0=np.ones(3), a1=np.ones(1))
     with pytest.raises(CheckpointError, match="unexpected \\['a1'\\]"):
         nn.load(path)
-    _write_raw(path, good, a0=np.full(3, 2.0))
+    write_raw(path, good, a0=np.full(3, 2.0))
     with pytest.raises(CheckpointError, match="checksum mismatch"):
         nn.load(path)
 
