@@ -167,8 +167,35 @@ def _simple(op, **fixed):
 register_onnx(A.ReLU)(_simple("Relu"))
 register_onnx(A.Tanh)(_simple("Tanh"))
 register_onnx(A.Sigmoid)(_simple("Sigmoid"))
-register_onnx(A.LeakyReLU)(_simple("LeakyRelu", alpha="negative_slope"))
-register_onnx(A.ELU)(_simple("Elu", alpha="alpha"))
+
+
+def _exact_attribute(g, value):
+    """ONNX float attributes are float32: fine for a float32 graph, or a float64 one whose
+    value float32 holds exactly; otherwise the op is spelled out with a float64 constant."""
+    return g.dtype == np.float32 or float(np.float32(value)) == value
+
+
+@register_onnx(A.LeakyReLU)
+def _leaky_relu(g, m, x, scope):
+    y = g.run(m, x)
+    if _exact_attribute(g, m.negative_slope):
+        return g.node("LeakyRelu", [x], scope or "LeakyRelu", y, alpha=m.negative_slope)
+    scaled = g.node("Mul", [x, g.scalar(m.negative_slope, "slope")], _join(scope, "scaled"))
+    positive = g.node("Greater", [x, g.scalar(0.0, "zero")], _join(scope, "positive"))
+    return g.node("Where", [positive, x, scaled], scope or "LeakyRelu", y)
+
+
+@register_onnx(A.ELU)
+def _elu(g, m, x, scope):
+    y = g.run(m, x)
+    if _exact_attribute(g, m.alpha):
+        return g.node("Elu", [x], scope or "Elu", y, alpha=m.alpha)
+    negative = g.node("Sub", [g.node("Exp", [x], _join(scope, "exp")), g.scalar(1.0, "one")],
+                      _join(scope, "expm1"))
+    negative = g.node("Mul", [negative, g.scalar(m.alpha, "alpha")], _join(scope, "negative"))
+    positive = g.node("Greater", [x, g.scalar(0.0, "zero")], _join(scope, "positive"))
+    return g.node("Where", [positive, x, negative], scope or "Elu", y)
+
 register_onnx(A.Softmax)(_simple("Softmax", axis="dim"))
 register_onnx(A.LogSoftmax)(_simple("LogSoftmax", axis="dim"))
 register_onnx(Identity)(_simple("Identity"))
@@ -179,17 +206,17 @@ register_onnx(Dropout)(_simple("Identity"))  # the evaluation-mode forward
 def _softplus(g, m, x, scope):
     # log(1 + exp(beta x)) / beta, and x itself where beta x > threshold, as the kernel does.
     y = g.run(m, x)
-    bx = x if m.beta == 1.0 else g.node("Mul", [x, g.scalar(m.beta, "beta")], f"{scope}.bx")
-    soft = g.node("Softplus", [bx], f"{scope}.softplus")
+    bx = x if m.beta == 1.0 else g.node("Mul", [x, g.scalar(m.beta, "beta")], _join(scope, "bx"))
+    soft = g.node("Softplus", [bx], _join(scope, "softplus"))
     if m.beta != 1.0:
-        soft = g.node("Div", [soft, g.scalar(m.beta, "beta")], f"{scope}.div")
-    linear = g.node("Greater", [bx, g.scalar(m.threshold, "threshold")], f"{scope}.linear")
+        soft = g.node("Div", [soft, g.scalar(m.beta, "beta")], _join(scope, "div"))
+    linear = g.node("Greater", [bx, g.scalar(m.threshold, "threshold")], _join(scope, "linear"))
     return g.node("Where", [linear, x, soft], scope or "Softplus", y)
 
 
 @register_onnx(A.Step)
 def _step(g, m, x, scope):
-    positive = g.node("Greater", [x, g.scalar(0.0, "zero")], f"{scope}.positive")
+    positive = g.node("Greater", [x, g.scalar(0.0, "zero")], _join(scope, "positive"))
     return g.node("Cast", [positive], scope or "Step", g.run(m, x), to=g.elem_type)
 
 
@@ -199,9 +226,10 @@ def _gelu(g, m, x, scope):
     if g.opset >= 20:
         return g.node("Gelu", [x], scope or "Gelu", y, approximate="none")
     # x * (1 + erf(x / sqrt 2)) / 2, the exact form (Gelu itself is opset 20).
-    t = g.node("Div", [x, g.scalar(math.sqrt(2.0), "sqrt2")], f"{scope}.scaled")
-    t = g.node("Add", [g.node("Erf", [t], f"{scope}.erf"), g.scalar(1.0, "one")], f"{scope}.add")
-    t = g.node("Mul", [x, t], f"{scope}.mul")
+    t = g.node("Div", [x, g.scalar(math.sqrt(2.0), "sqrt2")], _join(scope, "scaled"))
+    t = g.node("Erf", [t], _join(scope, "erf"))
+    t = g.node("Add", [t, g.scalar(1.0, "one")], _join(scope, "add"))
+    t = g.node("Mul", [x, t], _join(scope, "mul"))
     return g.node("Mul", [t, g.scalar(0.5, "half")], scope or "Gelu", y)
 
 
@@ -215,12 +243,12 @@ def _linear(g, m, x, scope):
         inputs = [x, g.const(w, _join(scope, "weight"))] + ([b] if b else [])
         return g.node("Gemm", inputs, scope or "Gemm", y, transB=1)
     out = g.node("MatMul", [x, g.const(np.ascontiguousarray(w.T), _join(scope, "weight_t"))],
-                 f"{scope}.matmul" if b else (scope or "MatMul"), None if b else y)
+                 _join(scope, "matmul") if b else (scope or "MatMul"), None if b else y)
     return g.node("Add", [out, b], scope or "Add", y) if b else out
 
 
 def _reshape(g, x, shape, scope, y):
-    return g.node("Reshape", [x, g.const(np.array(shape, np.int64), f"{scope}.shape")],
+    return g.node("Reshape", [x, g.const(np.array(shape, np.int64), _join(scope, "shape"))],
                   scope or "Reshape", y)
 
 
@@ -313,7 +341,7 @@ def _upsample(g, m, x, scope):
     (h, w), (oh, ow) = g.value(x).shape[2:], y.shape[2:]
     # Nearest with integer factors: output pixel o reads input floor(o / s) ("asymmetric"
     # coordinates, "floor" rounding), which is exactly repeating each pixel s times.
-    scales = g.const(np.array([1.0, 1.0, oh / h, ow / w], np.float32), f"{scope}.scales")
+    scales = g.const(np.array([1.0, 1.0, oh / h, ow / w], np.float32), _join(scope, "scales"))
     return g.node("Resize", [x, "", scales], scope or "Resize", y, mode="nearest",
                   coordinate_transformation_mode="asymmetric", nearest_mode="floor")
 
@@ -342,13 +370,13 @@ def _batch_norm(g, m, x, scope):
                           hint, keepdims=1)
         return g.node("ReduceMean", [t], hint, axes=axes, keepdims=1)
 
-    centred = g.node("Sub", [x, reduce_mean(x, f"{scope}.mean")], f"{scope}.centred")
-    var = reduce_mean(g.node("Mul", [centred, centred], f"{scope}.sq"), f"{scope}.var")
-    std = g.node("Sqrt", [g.node("Add", [var, g.scalar(m.eps, "eps")], f"{scope}.var_eps")],
-                 f"{scope}.std")
-    x_hat = g.node("Div", [centred, std], f"{scope}.x_hat")
+    centred = g.node("Sub", [x, reduce_mean(x, _join(scope, "mean"))], _join(scope, "centred"))
+    var = reduce_mean(g.node("Mul", [centred, centred], _join(scope, "sq")), _join(scope, "var"))
+    std = g.node("Sqrt", [g.node("Add", [var, g.scalar(m.eps, "eps")], _join(scope, "var_eps"))],
+                 _join(scope, "std"))
+    x_hat = g.node("Div", [centred, std], _join(scope, "x_hat"))
     scaled = g.node("Mul", [x_hat, g.const(weight.reshape(shape), _join(scope, "weight"))],
-                    f"{scope}.scaled")
+                    _join(scope, "scaled"))
     return g.node("Add", [scaled, g.const(bias.reshape(shape), _join(scope, "bias"))],
                   scope or "BatchNorm", y)
 
@@ -491,11 +519,14 @@ def export_onnx(model, example_input, path, opset=DEFAULT_OPSET, input_name="inp
         raise OnnxExportError(f"the exported graph gives shape {tuple(g.value(y).shape)} but "
                               f"{type(model).__name__} gives {tuple(expected.shape)}")
     out = g.node("Identity", [y], output_name)
+    # The output's first axis is the batch when it has the example's batch size; otherwise
+    # (a layer that merges the batch into another axis) it gets a name of its own.
+    batch = "N" if expected.ndim and expected.shape[0] == example.shape[0] else "M"
     elem = g.elem_type
     graph = helper.make_graph(
         g.nodes, type(model).__name__,
         [helper.make_tensor_value_info(x, elem, ["N", *example.shape[1:]])],
-        [helper.make_tensor_value_info(out, elem, ["N", *expected.shape[1:]])],
+        [helper.make_tensor_value_info(out, elem, [batch, *expected.shape[1:]])],
         initializer=g.initializers)
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
                               producer_name="numba-dl")
