@@ -308,7 +308,7 @@ def _read_safetensors(fd, path, size):
         keys = list(f.keys())
         if meta.get("format") != FORMAT and not any(k in meta for k in _OWN_META_KEYS):
             # A foreign file (torch's save_file, say): its tensors as a flat dict.
-            return {key: np.array(f.get_tensor(key)) for key in keys}
+            return {key: _owned(f.get_tensor(key)) for key in keys}
         tree, records = _check_metadata(meta, path)
         if sorted(keys) != sorted(records):
             raise CheckpointError(path, f"tensors do not match the header (missing "
@@ -318,6 +318,10 @@ def _read_safetensors(fd, path, size):
         for key in keys:
             arrays[key] = _read_tensor(f, key, records[key], path)
     return _decode(tree, arrays, path)
+
+
+def _owned(a):
+    return a if a.flags.writeable else a.copy()
 
 
 def _check_metadata(meta, path):
@@ -357,7 +361,7 @@ def _read_tensor(f, key, rec, path):
     if (stored_dtype, stored_shape) != expected:
         raise CheckpointError(path, f"tensor {key!r} is {stored_dtype} {list(stored_shape)}, "
                                     f"the header says {rec['dtype']} {list(shape)}")
-    a = np.array(f.get_tensor(key))  # an owned, writeable copy
+    a = _owned(f.get_tensor(key))  # writeable, like any loaded array
     if dtype.str not in _NATIVE_DTYPES:
         a = a.view(dtype).reshape(shape)
     if _digest(a) != rec.get("sha256"):
