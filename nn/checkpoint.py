@@ -296,14 +296,12 @@ def _open_regular(path):
 
 # ---------------------------------------------------------------- safetensors
 def _read_safetensors(fd, path, size):
-    from safetensors import safe_open
-
     # safetensors checks the header (its length, every tensor's dtype, shape and offsets)
     # against the file size when opening, before any tensor data is read.  Opening the
     # already-checked regular file through /proc keeps a swapped-in FIFO out.
     proc = f"/proc/self/fd/{fd}"
     source = proc if os.path.exists(proc) else path
-    with safe_open(source, framework="np", backend="pread") as f:
+    with _safe_open(source) as f:
         meta = f.metadata() or {}
         keys = list(f.keys())
         if meta.get("format") != FORMAT and not any(k in meta for k in _OWN_META_KEYS):
@@ -318,6 +316,15 @@ def _read_safetensors(fd, path, size):
         for key in keys:
             arrays[key] = _read_tensor(f, key, records[key], path)
     return _decode(tree, arrays, path)
+
+
+def _safe_open(source):
+    from safetensors import safe_open
+
+    try:  # pread: a file truncated while being read gives an error, not a SIGBUS
+        return safe_open(source, framework="np", backend="pread")
+    except TypeError:  # older safetensors (0.4.5, say) always maps the file
+        return safe_open(source, framework="np")
 
 
 def _owned(a):

@@ -354,11 +354,16 @@ def _batch_norm(g, m, x, scope):
     weight = _host(m.weight.data) if m.affine else np.ones(c, dt)
     bias = _host(m.bias.data) if m.affine else np.zeros(c, dt)
     if m.track_running_stats:
+        # epsilon is a float32 attribute; in a float64 graph the part float32 drops goes
+        # into the variance instead, so var + eps is the same sum our forward takes.
+        eps = float(np.float32(m.eps))
+        var = _host(m.running_var) + dt.type(m.eps - eps) if dt == np.float64 \
+            else _host(m.running_var)
         inputs = [x, g.const(weight, _join(scope, "weight")), g.const(bias, _join(scope, "bias")),
                   g.const(_host(m.running_mean), _join(scope, "running_mean")),
-                  g.const(_host(m.running_var), _join(scope, "running_var"))]
+                  g.const(var, _join(scope, "running_var"))]
         return g.node("BatchNormalization", inputs, scope or "BatchNormalization", y,
-                      epsilon=m.eps)
+                      epsilon=eps)
     # No running statistics: even in evaluation the batch's own mean and variance are used.
     ndim = g.value(x).ndim
     axes = [0] + list(range(2, ndim))

@@ -9,7 +9,9 @@ rounding error times the sum of the magnitudes that produced it; measured agains
 output's largest magnitude that is below 1e-6 in float32 here, and the issue's bound is
 1e-5 relative: |ours - theirs| <= 1e-5 * (|ours| + max|ours|).  In float64 the same
 reasoning gives about 1e-15; 1e-12 leaves room for deeper models.  (Elementwise relative
-error alone is meaningless for outputs that cancel to nearly 0.)
+error alone is meaningless for outputs that cancel to nearly 0.)  onnxruntime's CPU provider
+has no float64 kernels for several ops (Conv, pooling, Resize...): those float64 cases skip
+there, and every float64 graph is also run by onnx's NumPy reference evaluator.
 
 safetensors: weights saved here load with ``safetensors.torch.load_file`` into the torch twin
 of the model with ``load_state_dict(strict=True)``, and a torch model's file loads into ours,
@@ -115,6 +117,70 @@ def test_every_layer_matches_onnxruntime(case, dtype, tmp_path):
     else:
         bigger = rng.standard_normal((x.shape[0] + 2, *x.shape[1:])).astype(dtype)
     _check(layer, x, bigger, tmp_path, dtype)
+
+
+REFERENCE_CASES = [pytest.param(("zoo", n), id=n) for n in sorted(ZOO)] + [
+    pytest.param(("layer", c), id=c.id) for c in CASES if len(c.shape) >= 2]
+
+
+def _erf_class():
+    from onnx.reference.ops._op import OpRunUnaryNum
+    from scipy.special import erf
+
+    class Erf(OpRunUnaryNum):
+        """The reference's own Erf rounds to float32 (np.vectorize(math.erf, otypes="f"))."""
+        op_domain = ""
+
+        def _run(self, x):
+            return (erf(x).astype(x.dtype),)
+
+    return Erf
+
+
+_Erf = _erf_class()
+
+
+@pytest.mark.parametrize("what", REFERENCE_CASES)
+def test_float64_graphs_match_the_onnx_reference_evaluator(what, tmp_path):
+    """Where onnxruntime has no float64 kernels (convolutions, pooling, Resize...), onnx's
+    own NumPy reference implementation runs the float64 graph: this checks the graph's
+    meaning to float64 precision, attributes and all."""
+    from onnx.reference import ReferenceEvaluator
+
+    kind, item = what
+    rng = np.random.default_rng(6)
+    if kind == "zoo":
+        nn.manual_seed(0)
+        model = ZOO[item][0]().to(dtype=np.float64)
+        _randomize_batch_norm(model, rng)
+        x = rng.standard_normal((3, *ZOO[item][1]))
+    else:
+        model, x = build(item, dtype=np.float64)
+    nn.export_onnx(model, x, tmp_path / "m.onnx")
+    model.eval()
+    want = model(x)
+    evaluator = ReferenceEvaluator(onnx.load(str(tmp_path / "m.onnx")), new_ops=[_Erf])
+    got = evaluator.run(None, {"input": x})[0]
+    assert got.dtype == np.float64 and got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12 * np.max(np.abs(want)))
+
+
+def test_every_layer_class_and_zoo_model_has_a_converter():
+    """A new layer in nn (or a new zoo model) must come with its ONNX converter."""
+    from nn import activation, container, conv, dropout, linear, norm, pool
+    from nn.onnx_export import _converter
+
+    names = [(m, n) for m in (activation, container, conv, dropout, linear, norm, pool, models)
+             for n in m.__all__]
+    classes = [getattr(m, n) for m, n in names if isinstance(getattr(m, n), type)
+               and issubclass(getattr(m, n), nn.Module)]
+    assert len(classes) > 25
+    missing = [c.__name__ for c in classes
+               if c is not nn.ModuleList and _converter(c.__new__(c)) is None]
+    assert missing == []
+    covered = {type(build(c)[0]) for c in CASES} | {type(b()) for b, _ in ZOO.values()}
+    untested = [c.__name__ for c in classes if c not in covered and c is not nn.ModuleList]
+    assert untested == ["BasicBlock"]  # inside every ResNet
 
 
 def test_the_onnx_file_has_the_expected_operators(tmp_path):
