@@ -386,6 +386,17 @@ _ST_NAMES = {np.dtype(t).newbyteorder("<").str: name for t, name in (
 
 # ---------------------------------------------------------------- the previous .npz format
 def _read_npz(f, path, size):
+    # zipfile keeps an object of some 500 bytes per entry of the central directory: a forged
+    # directory of millions of 52-byte entries would cost ten times the file.  The end
+    # record (the last 22 bytes: nn.save never wrote a zip comment) gives the count first.
+    f.seek(max(size - 22, 0))
+    end = f.read(22)
+    if len(end) != 22 or end[:4] != b"PK\x05\x06":
+        raise CheckpointError(path, "not a checkpoint (no zip end record where nn.save "
+                                    "writes it)")
+    if int.from_bytes(end[10:12], "little") == 0xFFFF:
+        raise CheckpointError(path, "not a checkpoint (65535 or more zip entries)")
+    f.seek(0)
     with zipfile.ZipFile(f) as zf:
         infos = zf.infolist()
         members = {}

@@ -495,6 +495,18 @@ def test_a_zip_entry_claiming_more_than_the_file_is_refused(tmp_path):
     assert peak < 1 << 20
 
 
+def test_a_zip_of_countless_entries_is_refused_before_listing_them(tmp_path):
+    path = tmp_path / "many.npz"
+    with zipfile.ZipFile(path, "w") as zf:
+        for k in range(70_000):
+            zf.writestr(f"a{k}.npy", b"")
+    error, peak = _peak_of_load(path)
+    assert "65535 or more zip entries" in str(error)
+    assert peak < 1 << 20
+    path.write_bytes(path.read_bytes() + b"comment")  # nn.save never wrote zip comments
+    assert "no zip end record" in str(_peak_of_load(path)[0])
+
+
 # ---------------------------------------------------------------- special files
 def test_a_fifo_is_refused_at_once(tmp_path):
     fifo = tmp_path / "checkpoint.safetensors"
