@@ -12,7 +12,8 @@ the model's evaluation mode (Dropout is the identity, BatchNorm uses its running
 | BatchNorm1d / BatchNorm2d              | BatchNormalization (batch statistics when   |
 |                                        | running stats are off: ReduceMean...)       |
 | ReLU, LeakyReLU, ELU, Tanh, Sigmoid    | Relu, LeakyRelu, Elu, Tanh, Sigmoid         |
-| Softplus(beta, threshold), Step, GELU  | Softplus with Where, Greater + Cast, Erf    |
+| Softplus(beta, threshold), Step, GELU  | Softplus + Where, Greater + Cast, Erf       |
+|                                        | (Gelu from opset 20)                        |
 | Softmax / LogSoftmax                   | Softmax / LogSoftmax                        |
 | Flatten / Unflatten / Identity         | Flatten or Reshape / Reshape / Identity     |
 | Dropout                                | Identity                                    |
@@ -21,9 +22,9 @@ the model's evaluation mode (Dropout is the identity, BatchNorm uses its running
 | BasicBlock, ResNet, UNet, Autoencoder) | (Add for residuals, Concat for U-Net skips) |
 
 The first axis of the input and output is a dynamic batch dimension (``"N"``); the other
-axes keep the example's sizes.  The example input is run through the model alongside, layer
-by layer, which gives every intermediate shape (Flatten, Upsample to a size) and checks that
-each converter follows its layer.  A module with no converter (a loss, a ModuleList, a
+axes keep the example's sizes.  The example input is run through the layers alongside, which
+gives every intermediate shape (Flatten, Upsample to a size); the graph's output shape is
+checked against the model's own forward.  A module with no converter (a loss, a ModuleList, a
 user-defined Module) raises :class:`OnnxExportError` naming it and its path in the model;
 ``register_onnx(cls)`` adds a converter for one's own layer.  The model is checked with
 ``onnx.checker`` (full check, with shape inference) and written atomically.
