@@ -25,10 +25,23 @@ import pytest
 import nn
 from nn import models
 
-onnx = pytest.importorskip("onnx")
-ort = pytest.importorskip("onnxruntime")
+from nn_layer_cases import CASES, build
 
-from nn_layer_cases import CASES, build  # noqa: E402
+
+def _optional(name):
+    """The module, or None: the ONNX tests and the torch tests each skip on their own."""
+    try:
+        return __import__(name, fromlist=["_"])
+    except ImportError:
+        return None
+
+
+onnx, ort = _optional("onnx"), _optional("onnxruntime")
+torch, st_torch = _optional("torch"), _optional("safetensors.torch")
+needs_onnx = pytest.mark.skipif(onnx is None or ort is None,
+                                reason="needs onnx and onnxruntime (the interop extra)")
+needs_torch = pytest.mark.skipif(torch is None or st_torch is None,
+                                 reason="needs torch and safetensors")
 
 TOL = {np.float32: 1e-5, np.float64: 1e-12}
 
@@ -87,6 +100,7 @@ def _check(model, x_example, x_run, tmp_path, dtype):
     return got
 
 
+@needs_onnx
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("name", sorted(ZOO))
 def test_zoo_models_match_onnxruntime(name, dtype, tmp_path):
@@ -104,6 +118,7 @@ def _case_ids():
     return [c.id for c in CASES]
 
 
+@needs_onnx
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("case", CASES, ids=_case_ids())
 def test_every_layer_matches_onnxruntime(case, dtype, tmp_path):
@@ -137,9 +152,7 @@ def _erf_class():
     return Erf
 
 
-_Erf = _erf_class()
-
-
+@needs_onnx
 @pytest.mark.parametrize("what", REFERENCE_CASES)
 def test_float64_graphs_match_the_onnx_reference_evaluator(what, tmp_path):
     """Where onnxruntime has no float64 kernels (convolutions, pooling, Resize...), onnx's
@@ -159,7 +172,7 @@ def test_float64_graphs_match_the_onnx_reference_evaluator(what, tmp_path):
     nn.export_onnx(model, x, tmp_path / "m.onnx")
     model.eval()
     want = model(x)
-    evaluator = ReferenceEvaluator(onnx.load(str(tmp_path / "m.onnx")), new_ops=[_Erf])
+    evaluator = ReferenceEvaluator(onnx.load(str(tmp_path / "m.onnx")), new_ops=[_erf_class()])
     got = evaluator.run(None, {"input": x})[0]
     assert got.dtype == np.float64 and got.shape == want.shape
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12 * np.max(np.abs(want)))
@@ -183,6 +196,7 @@ def test_every_layer_class_and_zoo_model_has_a_converter():
     assert untested == ["BasicBlock"]  # inside every ResNet
 
 
+@needs_onnx
 def test_the_onnx_file_has_the_expected_operators(tmp_path):
     model = models.UNet(1, 1, base=4, depth=1, batch_norm=True)
     proto = nn.export_onnx(model, np.zeros((1, 1, 4, 4), np.float32), tmp_path / "u.onnx")
@@ -196,6 +210,7 @@ def test_the_onnx_file_has_the_expected_operators(tmp_path):
     assert resnet.opset_import[0].version == nn.onnx_export.DEFAULT_OPSET
 
 
+@needs_onnx
 def test_opsets_and_gelu(tmp_path):
     layer = nn.Sequential(nn.Linear(4, 4), nn.GELU(), nn.Softmax(dim=1))
     x = np.random.default_rng(0).standard_normal((3, 4)).astype(np.float32)
@@ -218,6 +233,7 @@ class Relu2(nn.ReLU):
         return super().forward(x) * 2
 
 
+@needs_onnx
 def test_a_layer_without_a_converter_is_named(tmp_path):
     x = np.ones((2, 3), np.float32)
     model = nn.Sequential(nn.Linear(3, 3), nn.Residual(nn.Sequential(Doubler())))
@@ -230,6 +246,7 @@ def test_a_layer_without_a_converter_is_named(tmp_path):
     assert not (tmp_path / "m.onnx").exists()
 
 
+@needs_onnx
 def test_register_a_converter_for_ones_own_layer(tmp_path):
     @nn.register_onnx(Doubler)
     def _doubler(g, m, x, scope):
@@ -245,6 +262,7 @@ def test_register_a_converter_for_ones_own_layer(tmp_path):
         del nn.onnx_export._CONVERTERS[Doubler]
 
 
+@needs_onnx
 def test_bad_arguments(tmp_path):
     model = nn.Linear(3, 2)
     with pytest.raises(TypeError, match="example_input: expected a float32 or float64 array"):
@@ -256,15 +274,17 @@ def test_bad_arguments(tmp_path):
 
 
 # ---------------------------------------------------------------- safetensors <-> torch
-torch = pytest.importorskip("torch")
-st_torch = pytest.importorskip("safetensors.torch")
-from nn_torch_mirror import twin  # noqa: E402
+def twin(model):
+    from nn_torch_mirror import twin as make_twin  # imports torch
+
+    return make_twin(model)
 
 
 def _bits(a):
     return np.ascontiguousarray(a).tobytes()
 
 
+@needs_torch
 @pytest.mark.parametrize("name", sorted(ZOO))
 def test_our_weights_load_strictly_into_the_torch_twin(name, tmp_path):
     build_model, sample = ZOO[name]
@@ -287,6 +307,7 @@ def test_our_weights_load_strictly_into_the_torch_twin(name, tmp_path):
                                    atol=1e-5)
 
 
+@needs_torch
 @pytest.mark.parametrize("name", sorted(ZOO))
 def test_a_torch_models_file_loads_into_ours(name, tmp_path):
     build_model, _ = ZOO[name]
@@ -307,6 +328,7 @@ def test_a_torch_models_file_loads_into_ours(name, tmp_path):
         assert _bits(ours[k]) == _bits(v.numpy()) and ours[k].shape == tuple(v.shape), k
 
 
+@needs_torch
 def test_a_training_checkpoints_model_part_is_a_torch_state_dict(tmp_path):
     nn.manual_seed(0)
     model = models.SmallVGG(1, 3, 8, widths=(2, 4), hidden=8, batch_norm=True)
@@ -340,6 +362,8 @@ def trained_run(tmp_path_factory):
     return run
 
 
+@needs_onnx
+@needs_torch
 def test_cli_export_safetensors_and_onnx(trained_run, tmp_path, capsys):
     from nn import cli
 
