@@ -393,3 +393,17 @@ def test_cli_export_safetensors_and_onnx(trained_run, tmp_path, capsys):
     assert cli.main(["export", str(trained_run), "--format", "onnx", "--opset", "7"]) == 1
     assert "opset: expected an int from 13" in capsys.readouterr().err
     assert not os.path.exists(trained_run / "model.onnx")
+
+
+@needs_onnx
+@pytest.mark.cuda
+def test_a_model_on_the_gpu_exports_the_same_graph(cuda_device, tmp_path):
+    import kernels as K
+
+    nn.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 2), nn.ReLU(), nn.Residual(nn.Sequential(nn.Linear(2, 2))))
+    x = np.random.default_rng(0).standard_normal((2, 3)).astype(np.float32)
+    on_host = nn.export_onnx(model, x, tmp_path / "cpu.onnx")
+    model.to(cuda_device)
+    on_device = nn.export_onnx(model, K.to_device(x, cuda_device), tmp_path / "gpu.onnx")
+    assert on_device.SerializeToString() == on_host.SerializeToString()
