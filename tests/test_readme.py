@@ -108,7 +108,7 @@ def _cheap_train(cmd, tmp_path, run_folder):
     return f"{cmd} --epochs 1 --out {tmp_path / 'run'}"
 
 
-def _cheap_evaluate(cmd, tmp_path, run_folder):
+def _in_run_folder(cmd, tmp_path, run_folder):
     return re.sub(r"runs/\S+", str(run_folder), cmd)
 
 
@@ -126,7 +126,8 @@ def _report_on_small_json(cmd, tmp_path, run_folder):
 # Commands the suite runs: pattern -> how (the command as written, or a stated substitution).
 CHEAP = {
     r"python -m nn train": _cheap_train,
-    r"python -m nn evaluate runs/\S+": _cheap_evaluate,
+    r"python -m nn evaluate runs/\S+": _in_run_folder,
+    r"python -m nn export runs/\S+ --format (safetensors|onnx)": _in_run_folder,
     r"python -m nn summary .*": _as_written,
     r"python benchmarks/report.py results.json": _report_on_small_json,
 }
@@ -180,6 +181,15 @@ def test_summary_output_is_the_one_shown():
 # A ```python block that is a fragment (it continues an earlier example) runs after a prelude
 # that defines what it uses; key: a line the block contains.
 PRELUDES = {
+    "ort.InferenceSession": """
+import os
+import numpy as np
+import nn
+os.makedirs("runs/<run>")
+model = nn.models.LeNet5(in_channels=1, num_classes=10, input_size=8).eval()
+x = np.random.default_rng(0).standard_normal((3, 1, 8, 8)).astype("float32")
+nn.export_onnx(model, x[:1], "runs/<run>/model.onnx")
+""",
     "comm = dist.init(\"mpi\")": """
 import nn
 from nn import data
@@ -192,12 +202,21 @@ optimizer = nn.optim.SGD(model.parameters(), lr=0.1)
 }
 
 
+# ... and checks after it that what it computed is right.
+POSTLUDES = {
+    "ort.InferenceSession": """
+np.testing.assert_allclose(logits, model(x), rtol=1e-5, atol=1e-5 * np.abs(logits).max())
+""",
+}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("start, text", PYTHON_BLOCKS, ids=[f"line{s}" for s, _ in PYTHON_BLOCKS])
 def test_python_block_runs(start, text, tmp_path):
     prelude = "".join(p for key, p in PRELUDES.items() if key in text)
     script = tmp_path / f"readme_line{start}.py"
-    script.write_text(prelude + text)
+    postlude = "".join(p for key, p in POSTLUDES.items() if key in text)
+    script.write_text(prelude + text + postlude)
     done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=_env(),
                           capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, f"README block at line {start}:\n{done.stderr[-3000:]}"
