@@ -33,8 +33,33 @@ class _Elementwise(Module):
 
 
 class ReLU(_Elementwise):
-    """max(x, 0)."""
+    """max(x, 0).
+
+    ``inplace=True`` (as in torch) writes the result into ``x`` and returns ``x`` itself,
+    saving one activation: the backward only needs ``x > 0``, which the result keeps.  Like
+    torch's, it overwrites its input, so it must not follow something that still needs that
+    array (a skip connection's input, or a layer that saves its own output for backward:
+    Softmax, LogSoftmax, BatchNorm with ``affine=False``).
+    """
     _op = "relu"
+
+    def __init__(self, inplace=False):
+        super().__init__()
+        self.inplace = bool(inplace)
+
+    def forward(self, x):
+        if not self.inplace:
+            return super().forward(x)
+        y = K.relu_forward(x)  # validates x; the same numerics as out of place
+        if not getattr(getattr(x, "flags", None), "writeable", True):
+            raise ValueError("ReLU(inplace=True): x is read-only; use ReLU() or pass a "
+                             "writeable array")
+        x[...] = y
+        self.save_for_backward(x)
+        return x
+
+    def extra_repr(self):
+        return "inplace=True" if self.inplace else ""
 
 
 class LeakyReLU(_Elementwise):
