@@ -135,6 +135,9 @@ def as_array(a, name="input"):
                             f"t.detach().cpu() for the CPU")
         # No autograd here: the values are what matter, and detach() shares them.
         return np.from_dlpack(a.detach()) if hasattr(a, "detach") else np.asarray(a)
+    if hasattr(a, "__cuda_array_interface__"):  # e.g. a Numba device array
+        raise TypeError(f"{name}: a {kind} lives on the GPU; wrap it as a CuPy array "
+                        f"(cupy.asarray(a), no copy) for the 'cuda' device")
     if hasattr(a, "__dlpack__"):
         try:
             return np.from_dlpack(a)
@@ -274,6 +277,7 @@ class Module:
         object.__setattr__(self, "_saved", None)       # training mode: stack of contexts
         object.__setattr__(self, "_saved_eval", None)  # eval mode: (forward id, contexts)
         object.__setattr__(self, "_no_grad_forward", False)
+        object.__setattr__(self, "_saves", 0)  # counts save_for_backward calls
         object.__setattr__(self, "training", True)
 
     # ------------------------------------------------------------------ registration
@@ -322,6 +326,12 @@ class Module:
         reshape between children, two branches, several inputs) raises
         ``NotImplementedError`` naming what broke the chain: define
         ``backward(self, grad_y)`` then (README: "Your own layer: forward and backward").
+
+        Writing one: take back what ``forward`` kept with ``self.saved_tensors()``, add each
+        trainable parameter's gradient with ``param.accumulate(grad)``, call the children's
+        ``backward`` in the reverse order of their forward calls (a shared child pops its
+        latest context first), sum the gradients of an input used more than once, and
+        return dL/dx with the shape of ``x``.  Check it with ``nn.gradcheck_module``.
         """
         ctx = self.saved_tensors()
         if not isinstance(ctx, _Chain):
@@ -351,12 +361,16 @@ class Module:
             st.forward_id += 1
         object.__setattr__(self, "_no_grad_forward", not st.enabled)
         record = [] if st.enabled and type(self).backward is Module.backward else None
+        saves = self._saves
         st.depth += 1
         st.records.append(record)
         try:
             y = self.forward(*args, **kwargs)
             if record is not None:  # saved inside the call: it belongs to this forward
-                self.save_for_backward(_Chain.of(record, args, kwargs, y))
+                chain = _Chain.of(record, args, kwargs, y)
+                if self._saves != saves:
+                    chain = _Chain((), "forward() calls save_for_backward() itself")
+                self.save_for_backward(chain)
         except BaseException:
             if top:  # the contexts of a forward that failed half way will never be used
                 for m in self.modules():
@@ -379,6 +393,7 @@ class Module:
         st = _state
         if not st.enabled:
             return
+        object.__setattr__(self, "_saves", self._saves + 1)
         if st.depth == 0:  # forward() called directly, not through the module: its own pass
             st.forward_id += 1
         if not self.training:
