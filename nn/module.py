@@ -436,8 +436,8 @@ class Module:
             if not stack:
                 self._no_context()
             values = stack.pop()[0]
-            for entry in stack:  # skipped over: a later forward's backward came first
-                entry[2] = True
+            if stack:  # skipped over: a later forward's backward came first (the push
+                stack[-1][2] = True  # checks only the top, so marking the top is enough)
         return values if len(values) != 1 else values[0]
 
     def _no_context(self):
