@@ -66,9 +66,9 @@ class _State(threading.local):
 
     def __init__(self):
         self.enabled = True
-        self.depth = 0          # Module.__call__ nesting
         self.forward_id = 0     # counts top-level forwards
-        self.records = []       # per active __call__: child calls seen (None: not recorded)
+        self.records = []       # per active Module.__call__ (its length is the nesting):
+        #                         the child calls seen, or None when not recorded
         self.warned = -1        # the top-level forward that already warned
 
 
@@ -353,17 +353,23 @@ class Module:
 
     def __call__(self, *args, **kwargs):
         st = _state
-        args = tuple(as_array(a, f"{type(self).__name__} argument {i}")
-                     for i, a in enumerate(args))
-        kwargs = {k: as_array(v, k) for k, v in kwargs.items()}
-        top = st.depth == 0
+        for a in args:
+            if type(a) is not np.ndarray:  # the common case costs one check per argument
+                args = tuple(as_array(a, f"{type(self).__name__} argument {i}")
+                             for i, a in enumerate(args))
+                break
+        if kwargs:
+            kwargs = {k: as_array(v, k) for k, v in kwargs.items()}
+        records = st.records
+        top = not records
         if top:
             st.forward_id += 1
-        object.__setattr__(self, "_no_grad_forward", not st.enabled)
-        record = [] if st.enabled and type(self).backward is Module.backward else None
-        saves = self._saves
-        st.depth += 1
-        st.records.append(record)
+        enabled = st.enabled
+        state = self.__dict__
+        state["_no_grad_forward"] = not enabled
+        record = [] if enabled and type(self).backward is Module.backward else None
+        saves = state["_saves"]
+        records.append(record)
         try:
             y = self.forward(*args, **kwargs)
             if record is not None:  # saved inside the call: it belongs to this forward
@@ -377,10 +383,9 @@ class Module:
                     m._drop_forward(st.forward_id)
             raise
         finally:
-            st.records.pop()
-            st.depth -= 1
-        if st.records and st.records[-1] is not None:
-            st.records[-1].append((self, args, kwargs, y))
+            records.pop()
+        if records and records[-1] is not None:
+            records[-1].append((self, args, kwargs, y))
         return y
 
     # ------------------------------------------------------------------ saved contexts
@@ -393,8 +398,9 @@ class Module:
         st = _state
         if not st.enabled:
             return
-        object.__setattr__(self, "_saves", self._saves + 1)
-        if st.depth == 0:  # forward() called directly, not through the module: its own pass
+        state = self.__dict__
+        state["_saves"] += 1
+        if not st.records:  # forward() called directly, not through the module: its own pass
             st.forward_id += 1
         if not self.training:
             kept = self._saved_eval
@@ -403,10 +409,9 @@ class Module:
                 object.__setattr__(self, "_saved_eval", kept)
             kept[1].append(values)
             return
-        stack = self._saved
+        stack = state["_saved"]
         if stack is None:
-            stack = []
-            object.__setattr__(self, "_saved", stack)
+            stack = state["_saved"] = []
         if stack and stack[-1][2]:
             # A backward popped a later context over these: they were a stray forward's, or
             # a forward whose backward never came.  Either way no backward will use them.
@@ -419,7 +424,7 @@ class Module:
             stack.clear()
         stack.append([values, st.forward_id, False])
         depth = len(stack)
-        if depth >= _DEEP_STACK and depth & (depth - 1) == 0:
+        if depth >= _DEEP_STACK and not depth & (depth - 1):
             self._warn(f"{type(self).__name__}: {depth} training-mode forwards are waiting for "
                        f"their backward(), each holding its saved arrays; if they will never "
                        f"get one, run them under `with nn.no_grad():` or in eval() mode")

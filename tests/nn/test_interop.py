@@ -109,6 +109,7 @@ def test_parameter_reads_like_its_array():
     assert data[0, 0] == 7.0
 
 
+@pytest.mark.cuda
 def test_parameter_on_the_gpu_refuses_implicit_host_conversion(cuda_device):
     p = nn.Parameter(K.to_device(np.ones(3), cuda_device))
     with pytest.raises(TypeError, match="to_host"):
@@ -137,6 +138,7 @@ def test_module_cpu_and_to_aliases():
         layer.cuda(1)
 
 
+@pytest.mark.cuda
 def test_module_cuda_alias(cuda_device):
     layer = nn.Linear(2, 2).cuda()
     assert layer.device == "cuda"
