@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import kernels as K
 
-from .module import Module
+from .module import Module, recently_saved
 
 __all__ = ["ReLU", "LeakyReLU", "ELU", "Tanh", "Sigmoid", "Softplus", "Step", "GELU",
            "Softmax", "LogSoftmax"]
@@ -36,10 +36,10 @@ class ReLU(_Elementwise):
     """max(x, 0).
 
     ``inplace=True`` (as in torch) writes the result into ``x`` and returns ``x`` itself,
-    saving one activation: the backward only needs ``x > 0``, which the result keeps.  Like
-    torch's, it overwrites its input, so it must not follow something that still needs that
-    array (a skip connection's input, or a layer that saves its own output for backward:
-    Softmax, LogSoftmax, BatchNorm with ``affine=False``).
+    saving one activation: the backward only needs ``x > 0``, which the result keeps.  Where
+    that is not safe, because a recent forward saved ``x`` for its backward (the output of
+    BatchNorm with ``affine=False``, say), it computes out of place instead.  Like torch's, it overwrites its input otherwise, so it must not take an array
+    that is still used elsewhere (such as a skip connection's input).
     """
     _op = "relu"
 
@@ -48,7 +48,7 @@ class ReLU(_Elementwise):
         self.inplace = bool(inplace)
 
     def forward(self, x):
-        if not self.inplace:
+        if not self.inplace or recently_saved(x):
             return super().forward(x)
         y = K.relu_forward(x)  # validates x; the same numerics as out of place
         if not getattr(getattr(x, "flags", None), "writeable", True):

@@ -32,11 +32,13 @@ maps one to one onto the same architecture in PyTorch.
 """
 from __future__ import annotations
 
+import collections
 import functools
 import os
 import sys
 import threading
 import warnings
+import weakref
 from collections import OrderedDict
 
 import numpy as np
@@ -70,6 +72,7 @@ class _State(threading.local):
         self.records = []       # per active Module.__call__ (its length is the nesting):
         #                         the child calls seen, or None when not recorded
         self.warned = -1        # the top-level forward that already warned
+        self.recent = collections.deque(maxlen=8)  # weak refs to recently saved arrays
 
 
 _state = _State()
@@ -400,6 +403,9 @@ class Module:
             return
         state = self.__dict__
         state["_saves"] += 1
+        for v in values:
+            if hasattr(v, "base") and hasattr(v, "shape"):
+                _remember(v)
         if not st.records:  # forward() called directly, not through the module: its own pass
             st.forward_id += 1
         if not self.training:
@@ -661,6 +667,25 @@ class Module:
             body = repr(child).replace("\n", "\n  ")
             lines.append(f"  ({name}): {body}")
         return "\n".join(lines) + "\n)"
+
+
+def _owner(a):
+    """The array that owns ``a``'s memory (NumPy and CuPy keep it in ``.base``)."""
+    return a if a.base is None else a.base
+
+
+def _remember(a):
+    try:
+        _state.recent.append(weakref.ref(_owner(a)))
+    except TypeError:  # an array type without weak references: nothing to protect
+        pass
+
+
+def recently_saved(a):
+    """True if ``a`` shares its owner with an array one of the last few forwards saved for
+    backward: overwriting it in place (``ReLU(inplace=True)``) would corrupt that backward."""
+    owner = _owner(a)
+    return any(ref() is owner for ref in _state.recent)
 
 
 def _caller_level():

@@ -193,3 +193,19 @@ def test_dataloader_from_a_tuple(rng):
         nn.data.DataLoader((x, y, y))
     with pytest.raises(TypeError, match="tuple"):
         nn.data.DataLoader(5)
+
+
+@pytest.mark.parametrize("before", [
+    lambda: nn.BatchNorm1d(4, affine=False),
+    lambda: nn.BatchNorm1d(4, affine=False, track_running_stats=False),
+])
+def test_relu_inplace_keeps_a_saved_output_intact(before, rng):
+    """BatchNorm(affine=False) returns the array it saved for backward: overwriting it
+    would corrupt its gradient, so ReLU computes out of place there."""
+    x = rng.standard_normal((6, 4))
+    ours = nn.Sequential(before(), nn.ReLU(inplace=True)).double()
+    ref = nn.Sequential(before(), nn.ReLU()).double()
+    g = rng.standard_normal((6, 4))
+    np.testing.assert_array_equal(ours(x), ref(x))
+    np.testing.assert_array_equal(ours.backward(g), ref.backward(g))
+    assert nn.gradcheck_module(ours, x).ok
