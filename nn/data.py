@@ -75,7 +75,9 @@ class ArrayDataset:
 
 
 class DataLoader:
-    """Mini-batches ``(x, y)`` of an :class:`ArrayDataset`, moved to ``device``.
+    """Mini-batches ``(x, y)`` of an :class:`ArrayDataset` (or of a tuple ``(x, y)`` of
+    arrays, NumPy or anything ``np.asarray`` reads, torch CPU tensors included), moved to
+    ``device`` (``"cpu"``, ``"cuda"`` or ``"cuda:0"``).
 
     ``shuffle`` draws one permutation per pass from ``generator`` (a NumPy ``Generator``;
     made from ``seed`` when not given).  ``drop_last`` skips a final short batch.  ``dtype``
@@ -92,7 +94,16 @@ class DataLoader:
         if generator is not None and not isinstance(generator, np.random.Generator):
             raise TypeError(f"generator: expected a numpy.random.Generator, got "
                             f"{type(generator).__name__}")
+        device = kernels.device.normalize_device(device)
         kernels.array_module(device)  # fails early, naming the device, when it is not there
+        if isinstance(dataset, tuple):
+            if len(dataset) != 2:
+                raise ValueError(f"dataset: a tuple must be (x, y), got {len(dataset)} items")
+            dataset = ArrayDataset(*(_host_array(a, name)
+                                     for a, name in zip(dataset, ("x", "y"))))
+        elif not (hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__")):
+            raise TypeError(f"dataset: expected an ArrayDataset or a tuple (x, y) of arrays, "
+                            f"got {type(dataset).__name__}")
         self.dataset = dataset
         self.batch_size = int(batch_size)
         self.shuffle = bool(shuffle)
@@ -123,6 +134,16 @@ class DataLoader:
     def __repr__(self):
         return (f"DataLoader(n={len(self.dataset)}, batch_size={self.batch_size}, "
                 f"shuffle={self.shuffle}, drop_last={self.drop_last}, device={self.device!r})")
+
+
+def _host_array(a, name):
+    """``a`` as a host NumPy array; a torch tensor without a copy (``detach`` shares it)."""
+    if type(a).__module__.split(".")[0] == "torch":
+        if str(a.device) != "cpu":
+            raise TypeError(f"{name}: a torch tensor on {str(a.device)!r}; pass "
+                            f"{name}.cpu(): the loader keeps data on the host")
+        return np.from_dlpack(a.detach())
+    return kernels.to_host(a) if kernels.device._device_of_one(a) is not None else np.asarray(a)
 
 
 def split(dataset, fractions=(0.8, 0.1, 0.1), seed=0):

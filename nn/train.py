@@ -29,6 +29,7 @@ import numpy as np
 import kernels
 
 from . import init as nn_init
+from .module import no_grad
 
 __all__ = ["Trainer", "fit", "evaluate", "NonFiniteLossError", "CHECKPOINT_NAME",
            "LEGACY_CHECKPOINT_NAME", "TRAIN_FORMAT", "TASKS"]
@@ -78,12 +79,14 @@ def _progress(total, desc, enabled):
                 dynamic_ncols=True)
 
 
+@no_grad()  # no backward follows: neither the model nor the loss keeps a context
 def evaluate(model, loader, loss_fn, task="classification", num_classes=None):
     """Mean loss, and for classification accuracy and the confusion matrix, over ``loader``.
 
-    Runs in eval mode and restores the model's previous mode.  The confusion matrix has the
-    true class on rows and the predicted class on columns (``num_classes`` x ``num_classes``,
-    from the largest label or logit index seen when not given).
+    Runs in eval mode under :class:`nn.no_grad` and restores the model's previous mode.  The
+    confusion matrix has the true class on rows and the predicted class on columns
+    (``num_classes`` x ``num_classes``, from the largest label or logit index seen when not
+    given).
     """
     was_training = model.training
     model.eval()

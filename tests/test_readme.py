@@ -23,29 +23,44 @@ README = (ROOT / "README.md").read_text()
 
 
 def _blocks():
-    """(language, first line number, text) of every fenced block."""
-    out, lang, start, lines = [], None, 0, []
+    """(language, first line number, text, section heading) of every fenced block."""
+    out, lang, start, lines, section = [], None, 0, [], ""
     for number, line in enumerate(README.splitlines(), 1):
         if line.startswith("```"):
             if lang is None:
                 lang, start, lines = line[3:].strip() or "text", number, []
             else:
-                out.append((lang, start, "\n".join(lines) + "\n"))
+                out.append((lang, start, "\n".join(lines) + "\n", section))
                 lang = None
         elif lang is not None:
             lines.append(line)
+        elif line.startswith("## "):
+            section = line[3:].strip()
     assert lang is None, "README.md has an unclosed code block"
     return out
 
 
 BLOCKS = _blocks()
-PYTHON_BLOCKS = [(start, text) for lang, start, text in BLOCKS if lang == "python"]
+
+
+def _python_sections():
+    """(section, first line, script): a section's ```python blocks run as one script, in order,
+    because a later block may use what an earlier one defined (as a reader runs them)."""
+    sections = {}
+    for lang, start, text, section in BLOCKS:
+        if lang == "python":
+            first, script = sections.get(section, (start, ""))
+            sections[section] = (first, script + text)
+    return [(section, first, script) for section, (first, script) in sections.items()]
+
+
+PYTHON_SECTIONS = _python_sections()
 
 
 def _shell_commands():
     """(line number, command) for every shell command in the README, split at ``&&``."""
     found = []
-    for lang, start, text in BLOCKS:
+    for lang, start, text, _ in BLOCKS:
         if lang in ("bash", "sh", "shell", "console"):
             # a here-document is one command with its body
             text = re.sub(r"<<'?(\w+)'?\n.*?\n\1\n", "<<HEREDOC\n", text, flags=re.S)
@@ -168,7 +183,7 @@ def test_cheap_shell_command_runs(line, command, tmp_path, run_folder):
 
 def test_summary_output_is_the_one_shown():
     """The README shows `python -m nn summary --model lenet`'s output: it must be current."""
-    for lang, _, text in BLOCKS:
+    for lang, _, text, _ in BLOCKS:
         lines = text.splitlines()
         if lang == "text" and lines and lines[0].startswith("$ python -m nn summary"):
             done = _shell(lines[0][2:], cwd=ROOT)
@@ -211,15 +226,16 @@ np.testing.assert_allclose(logits, model(x), rtol=1e-5, atol=1e-5 * np.abs(logit
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("start, text", PYTHON_BLOCKS, ids=[f"line{s}" for s, _ in PYTHON_BLOCKS])
-def test_python_block_runs(start, text, tmp_path):
+@pytest.mark.parametrize("section, start, text", PYTHON_SECTIONS,
+                         ids=[section for section, _, _ in PYTHON_SECTIONS])
+def test_python_blocks_run(section, start, text, tmp_path):
     prelude = "".join(p for key, p in PRELUDES.items() if key in text)
-    script = tmp_path / f"readme_line{start}.py"
     postlude = "".join(p for key, p in POSTLUDES.items() if key in text)
+    script = tmp_path / f"readme_line{start}.py"
     script.write_text(prelude + text + postlude)
     done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=_env(),
                           capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, f"README block at line {start}:\n{done.stderr[-3000:]}"
+    assert done.returncode == 0, f"README section {section!r}:\n{done.stderr[-3000:]}"
 
 
 def test_benchmarks_collect():

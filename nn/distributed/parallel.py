@@ -7,7 +7,7 @@ import numpy as np
 
 import kernels
 
-from ..module import Module
+from ..module import Module, is_grad_enabled
 from .comm import SingleProcessComm
 
 
@@ -79,7 +79,7 @@ class DataParallel(Module):
 
     # ------------------------------------------------------------------ passes
     def forward(self, x, *args, **kwargs):
-        if self.training:
+        if self.training and is_grad_enabled():  # a no_grad forward gets no backward
             object.__setattr__(self, "_samples", self._samples + int(x.shape[0]))
         return self.module(x, *args, **kwargs)
 
