@@ -18,6 +18,8 @@
 from __future__ import annotations
 
 import gzip
+import math
+import numbers
 import os
 import struct
 import zlib
@@ -141,6 +143,9 @@ def split(dataset, fractions=(0.8, 0.1, 0.1), seed=0):
             raise ValueError(f"split: sizes {sizes} must be non-negative and sum to the data "
                              f"set's length {n}")
     else:
+        if not all(isinstance(f, numbers.Real) and not isinstance(f, bool) and math.isfinite(f)
+                   for f in fractions):
+            raise ValueError(f"split: fractions must be finite numbers, got {fractions}")
         if any(f < 0 for f in fractions) or abs(sum(fractions) - 1.0) > 1e-6:
             raise ValueError(f"split: fractions {fractions} must be non-negative and sum to 1")
         sizes = [int(np.floor(f * n)) for f in fractions]
