@@ -89,10 +89,10 @@ def _pair(name, value, minimum):
 
 
 def _groups(groups):
-    if isinstance(groups, bool) or not isinstance(groups, (int, np.integer)) or groups < 1 \
-            or groups > MAX_EXTENT:
-        raise ValueError(f"groups: expected a positive integer at most {MAX_EXTENT}, got "
-                         f"{groups!r}")
+    if isinstance(groups, bool) or not isinstance(groups, (int, np.integer)) or groups < 1:
+        raise ValueError(f"groups: expected a positive integer, got {groups!r}")
+    if groups > MAX_EXTENT:
+        raise ValueError(f"groups: expected at most {MAX_EXTENT} (2**31 - 1), got {groups!r}")
     return int(groups)
 
 
