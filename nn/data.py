@@ -349,11 +349,14 @@ def _read_exact(stream, dtype, shape, path, what):
     return out.reshape(shape)
 
 
-def _read_header_bytes(stream, n, path, what):
-    data = stream.read(n)
-    if len(data) < n:
-        raise DataError(f"{path}: {what}: {len(data)} bytes, shorter than the {n} bytes it needs")
-    return data
+def _check_size(size, dtype, shape, path, what):
+    """``size`` bytes of data (known from the file system or the archive's directory) must
+    be what the header announces; checked before anything is allocated or read."""
+    nbytes = math.prod(shape) * dtype.itemsize
+    if size != nbytes:
+        state = "truncated" if size < nbytes else "has trailing bytes"
+        raise DataError(f"{path}: {what} {state}: the header says {shape} values of "
+                        f"{dtype.str} ({nbytes} bytes), there are {size} bytes")
 
 
 def _idx_stream(f, path):
@@ -396,6 +399,9 @@ def read_idx(path, count=None):
                 raise DataError(f"{path}: {dims[0]} samples but {count} labels (from the "
                                 f"headers, before reading any data)")
             dtype = np.dtype(_IDX_TYPES[code])
+            if stream is f:   # uncompressed: the file's size must match before any allocation
+                _check_size(os.fstat(f.fileno()).st_size - 4 - 4 * ndim, dtype, dims, path,
+                            "IDX data")
             array = _read_exact(stream, dtype, dims, path, "IDX data")
         except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
             raise DataError(f"{path}: corrupt or truncated gzip data ({exc})") from None
@@ -436,7 +442,7 @@ def _as_labels(y, n, source):
     if len(y) != n:
         raise DataError(f"{source}: {n} samples but {len(y)} labels")
     if len(y) == 0:
-        raise DataError(f"{source}: no labels (an empty data set)")
+        raise DataError(f"{source}: no data: no labels (an empty data set)")
     # checked in the labels' own dtype: a uint64 label above 2**63 would wrap negative in
     # int64, and a label of 2**40 would size a confusion matrix of 2**80 cells
     low, high = y.min(), y.max()
@@ -526,7 +532,14 @@ def _npy_header(zf, name, path):
         stream.close()
         raise DataError(f"{key}: holds Python objects or records (dtype {dtype}); expected a "
                         f"plain numeric array")
-    return tuple(int(d) for d in shape), dtype, fortran, stream
+    shape = tuple(int(d) for d in shape)
+    try:   # the archive's directory gives the member's size: compare it to the header first
+        _check_size(info.file_size - stream.tell(), dtype, shape, path,
+                    f"array {name[:-4]!r}")
+    except DataError:
+        stream.close()
+        raise
+    return shape, dtype, fortran, stream
 
 
 def _npy_data(header, path, name):
