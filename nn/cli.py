@@ -508,7 +508,8 @@ def _run_train(args, out, held):
     if comm is not None:  # every rank: its share of each global batch, and of validation
         train_loader = dist.ShardedLoader(train_loader, comm)
         val_loader = loader(dist.shard_dataset(val, comm), False)
-        trained = dist.DataParallel(model, comm)
+        # the config too: ranks with other seeds or batch sizes are refused, not trained
+        trained = dist.DataParallel(model, comm, config=config)
 
     if is_main:
         os.makedirs(run_dir, exist_ok=True)
@@ -711,6 +712,11 @@ def _user_errors():
     errors = [UserError, nn_data.DataError, NonFiniteLossError, OSError, RunFolderBusyError,
               CheckpointStateError]
     try:
+        from .distributed import RanksDisagreeError
+        errors.append(RanksDisagreeError)
+    except ImportError:
+        pass
+    try:
         from .checkpoint import CheckpointError
         errors.append(CheckpointError)
     except ImportError:
@@ -739,6 +745,8 @@ def main(argv=None):
               f"kept; continue with --resume)", file=sys.stderr)
         return 130
     except _user_errors() as exc:
+        if getattr(exc, "quiet", False):   # said once, by rank 0, not once per rank
+            return 1
         message = str(exc).strip().splitlines()
         print(f"{PROG} {args.command}: error: {message[0] if message else type(exc).__name__}",
               file=sys.stderr)
