@@ -171,3 +171,21 @@ def test_padding_3000_allocates_about_the_output(algo):
     assert out.returncode == 0, out.stderr
     grown, output = (int(v) for v in out.stdout.split())
     assert grown < 1.25 * output, (grown, output)
+
+
+@pytest.mark.cuda
+def test_large_padding_cuda_matches_cpu(cuda_device):
+    # the cropped passes build their result with array slicing on the device as well
+    x, w = _xw(np.float64)
+    x = x[:, :, :3, :3].copy()
+    b = np.arange(3, dtype=np.float64)
+    args = dict(stride=2, padding=(5, 3))
+    y = K.conv2d_forward(x, w, b, **args)
+    g = np.random.default_rng(2).standard_normal(y.shape)
+    d = [K.to_device(a, cuda_device) for a in (x, w, b, g)]
+    np.testing.assert_allclose(K.to_host(K.conv2d_forward(d[0], d[1], d[2], **args)), y,
+                               rtol=1e-12, atol=1e-12)
+    for got, want in zip(K.conv2d_backward(d[3], d[0], d[1], **args),
+                         K.conv2d_backward(g, x, w, **args)):
+        assert K.device_of(got) == "cuda"
+        np.testing.assert_allclose(K.to_host(got), want, rtol=1e-12, atol=1e-12)
