@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
-import json
 import math
 import os
 import sys
@@ -450,7 +449,7 @@ def _claim_run_dir(run_dir, resume_path, held):
         named = (resume_path is not None and os.path.exists(existing)
                  and os.path.samefile(existing, resume_path))
         if not named:
-                raise UserError(f"{run_dir} already holds another run's checkpoint: continue it "
+            raise UserError(f"{run_dir} already holds another run's checkpoint: continue it "
                             f"with --resume {run_dir}, or choose another --out")
 
 

@@ -30,7 +30,8 @@ import numpy as np
 
 import kernels
 
-__all__ = ["DataError", "MAX_CLASSES", "ArrayDataset", "DataLoader", "split", "Normalize", "digits", "blobs",
+__all__ = ["DataError", "MAX_CLASSES", "ArrayDataset", "DataLoader", "split", "Normalize",
+           "digits", "blobs",
            "xor", "gaussian_images", "read_idx", "load_idx", "load_mnist", "load_npz",
            "load_dataset", "DATASETS"]
 

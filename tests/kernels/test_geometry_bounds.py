@@ -164,8 +164,10 @@ print(after - before, y.nbytes)
 @pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="needs Linux /proc")
 def test_padding_3000_allocates_about_the_output(algo):
     # Numba's allocations bypass tracemalloc, so the peak resident size of a fresh process
-    # is measured (Linux: the peak is reset after compiling, which peaks far higher).  The output is 6004 x 6004 float32 = 144 MB; before, the padded buffers
-    # (input and accumulator planes, per thread) added 288 MB per thread on top.
+    # is measured (Linux: the peak is reset after compiling, which peaks far higher).  The
+    # output is 6004 x 6004 float32 = 144 MB; before, the direct design's padded buffers
+    # (input and accumulator planes, per thread) added 288 MB per thread on top.  (The GEMM
+    # design's buffers were already bounded by its bands; it is checked all the same.)
     out = subprocess.run([sys.executable, "-c", _PADDING_3000, algo], capture_output=True,
                          text=True, env={**os.environ, "NUMBA_NUM_THREADS": "2"})
     assert out.returncode == 0, out.stderr

@@ -9,7 +9,7 @@ import pytest
 
 import nn
 from nn import distributed as dist
-from test_distributed import MPIEXEC, SCRIPTS, _run_mpi, common, needs_mpi  # noqa: F401
+from test_distributed import SCRIPTS, _run_mpi, common, needs_mpi
 
 sys.path.insert(0, str(SCRIPTS))
 from dp_mismatch import Transposed  # noqa: E402

@@ -13,10 +13,8 @@ import os
 import subprocess
 import sys
 import textwrap
-import time
 import tracemalloc
 import zipfile
-import zlib
 
 import numpy as np
 import pytest
@@ -65,24 +63,24 @@ def peak_memory(fn):
 
 
 def zeros_deflated(n):
-    """A raw-deflate-free helper: ``n`` zero bytes, produced in pieces (never all at once)."""
+    """``n`` zero bytes in 1 MiB pieces (never all at once), for writing into a compressor."""
     piece = bytes(1 << 20)
     for _ in range(n // len(piece)):
         yield piece
 
 
 # ---------------------------------------------------------------- files
-def npy_bytes(a, extra=0):
+def npy_bytes(a):
     buf = io.BytesIO()
     np.lib.format.write_array(buf, a, allow_pickle=False)
-    return buf.getvalue(), extra
+    return buf.getvalue()
 
 
 def write_npz(path, members, bomb=None, compress=zipfile.ZIP_DEFLATED):
     """An .npz with the given arrays; ``bomb`` names a member followed by BOMB zero bytes."""
     with zipfile.ZipFile(path, "w", compression=compress) as zf:
         for name, a in members.items():
-            raw, _ = npy_bytes(a)
+            raw = npy_bytes(a)
             with zf.open(name + ".npy", "w", force_zip64=True) as f:
                 f.write(raw)
                 if name == bomb:
@@ -143,7 +141,7 @@ def test_npz_object_arrays_and_garbage_are_refused(tmp_path, small):
         buf = io.BytesIO()
         np.lib.format.write_array(buf, np.array([{}], dtype=object), allow_pickle=True)
         zf.writestr("x.npy", buf.getvalue())
-        zf.writestr("y.npy", npy_bytes(y)[0])
+        zf.writestr("y.npy", npy_bytes(y))
     with pytest.raises(DataError, match="Python objects"):
         data.load_npz(path)
     (tmp_path / "junk.npz").write_bytes(b"PK\x03\x04 not really")
