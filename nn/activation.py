@@ -144,8 +144,9 @@ class _AlongDim(Module):
         super().__init__()
         self.dim = -1 if dim is None else int(dim)
 
-    def _rows(self, a):
+    def _rows(self, a, name="x"):
         """``a`` with axis ``dim`` moved last, as a contiguous 2-D array of rows."""
+        K.checks.check_float(name, a)
         if a.ndim == 0 or not -a.ndim <= self.dim < a.ndim:
             raise ValueError(f"{type(self).__name__}: dim={self.dim} is out of range for an "
                              f"input of shape {tuple(a.shape)}")
@@ -164,7 +165,7 @@ class _AlongDim(Module):
 
     def backward(self, grad_y):
         y_rows = self.saved_tensors()
-        xp, moved_shape, g_rows = self._rows(grad_y)
+        xp, moved_shape, g_rows = self._rows(grad_y, "grad_y")
         if g_rows.shape != y_rows.shape:
             raise ValueError(f"{type(self).__name__}: grad_y has shape {tuple(grad_y.shape)}, "
                              f"which does not match the forward output")
