@@ -16,6 +16,7 @@ Nothing outside this file asks which device it is on; everything goes through
 from __future__ import annotations
 
 import os
+import sys
 import types
 
 import numpy as np
@@ -166,9 +167,26 @@ def device_of(*arrays, names=None) -> str:
     return found
 
 
+SIMULATOR_WARNING = ("kernels: the 'cuda' device is Numba's CUDA simulator "
+                     "(NUMBA_ENABLE_CUDASIM=1): for testing only, thousands of times slower "
+                     "than a GPU or the 'cpu' device")
+_simulator_warned = False
+
+
+def _warn_simulator():
+    # Once per process, on the first use of the simulated device, so nobody mistakes its
+    # speed for the library's: one line on stderr, not a warning category a filter can hide.
+    global _simulator_warned
+    if SIMULATOR and not _simulator_warned:
+        _simulator_warned = True
+        print(SIMULATOR_WARNING, file=sys.stderr, flush=True)
+
+
 def _check_device_name(device):
     if device not in (CPU, CUDA):
         raise ValueError(f"device: expected 'cpu' or 'cuda', got {device!r}")
+    if device == CUDA:
+        _warn_simulator()
     if device == CUDA and not cuda_available():
         raise ValueError("device: 'cuda' is not available here (no GPU with CuPy, and the "
                          "simulator is off; set NUMBA_ENABLE_CUDASIM=1 to use the simulator). "
@@ -208,9 +226,37 @@ def to_host(a):
 
 
 def synchronize(device=CUDA):
-    """Wait for queued GPU work (a no-op on the CPU and the simulator)."""
-    if device == CUDA and not SIMULATOR and _cupy is not None:
+    """Wait for queued GPU work (a no-op on the CPU, the simulator, and without a GPU).
+
+    Without a usable GPU nothing can have been queued, so there is nothing to wait for;
+    asking CuPy anyway would raise its raw ``CUDARuntimeError`` (no driver / no device).
+    """
+    if device == CUDA and not SIMULATOR and cuda_available():
         _cupy.cuda.get_current_stream().synchronize()
+
+
+def gpu_count() -> int:
+    """Number of GPUs this process can use (0 without CuPy or a driver; 1 on the simulator)."""
+    if SIMULATOR:
+        return 1
+    if not cuda_available():
+        return 0
+    return int(_cupy.cuda.runtime.getDeviceCount())
+
+
+def select_gpu(index: int) -> None:
+    """Make GPU ``index`` current for both CuPy (arrays, cuBLAS) and Numba (kernel launches).
+
+    The two keep separate notions of the current device; selecting only CuPy's would launch
+    Numba's kernels on GPU 0 with pointers into another GPU's memory.
+    """
+    count = gpu_count()
+    if not 0 <= index < count:
+        raise ValueError(f"index: expected a GPU index in [0, {count}), got {index}")
+    if SIMULATOR:
+        return
+    _cupy.cuda.Device(index).use()
+    cuda.select_device(index)
 
 
 def _kernel_args(args):
@@ -228,6 +274,7 @@ def launch(kernel, n_threads, *args, block=256):
     if n_threads <= 0:
         return
     if SIMULATOR:
+        _warn_simulator()
         # The simulator runs every thread of every block as a Python thread, even past the
         # bounds check: a block no larger than needed saves most of a tiny launch's time.
         block = min(block, (n_threads + 31) // 32 * 32)
@@ -245,6 +292,7 @@ def launch_2d(kernel, shape, *args, block=(16, 16)):
     if rows <= 0 or cols <= 0:
         return
     if SIMULATOR:
+        _warn_simulator()
         block = (min(block[0], rows), min(block[1], cols))
     grid = ((rows + block[0] - 1) // block[0], (cols + block[1] - 1) // block[1])
     if SIMULATOR:
