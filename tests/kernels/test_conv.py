@@ -671,11 +671,46 @@ def test_conv_cuda_kernels_lower_for_a_real_gpu(dtype):
 
     f, i = numba.from_dtype(dtype), types.int64
     kernels_and_args = [
-        (conv_cuda._im2col_cuda, [array(f, 3), array(f, 4)] + [i] * 11 + [f]),
-        (conv_cuda._col2im_cuda, [array(f, 4), array(f, 3)] + [i] * 12 + [f]),
-        (conv_cuda._conv2d_backward_bias_cuda, [array(f, 1), array(f, 3), f]),
+        (conv_cuda._im2col_cuda, [array(f, 4), array(f, 4)] + [i] * 11 + [f, f]),
+        (conv_cuda._col2im_cuda, [array(f, 4), array(f, 4)] + [i] * 12 + [f]),
+        (conv_cuda._bias_partials_cuda, [array(f, 2), array(f, 3), f]),
+        (conv_cuda._bias_finish_cuda, [array(f, 1), array(f, 2), f]),
     ]
     for kernel, args in kernels_and_args:
         ir = lower_for_gpu(kernel, args)
         if dtype == np.float32:
             assert float64_ops(ir) == 0, kernel.__name__
+
+
+# ---------------------------------------------------------------- CUDA bias gradient: a block per channel
+@pytest.mark.cuda
+def test_conv_bias_gradient_launches_a_block_per_channel(cuda_device, monkeypatch):
+    """The bias gradient was one thread per channel in one block, summing N*H*W values
+    serially; it is now a reduction with at least one block per output channel, summed in a
+    fixed order (the same bits on every run)."""
+    from kernels import conv_cuda
+    from kernels import device as D
+
+    launches = []
+    real_launch = conv_cuda.launch
+
+    def spy(kernel, n_threads, *args, block=256):
+        launches.append((kernel, n_threads, block))
+        return real_launch(kernel, n_threads, *args, block=block)
+
+    monkeypatch.setattr(conv_cuda, "launch", spy)
+    rng = np.random.default_rng(3)
+    gy_host = rng.standard_normal((3, 5, 7, 9)).astype(np.float32)   # N*P = 189: one warp
+    gy = D.to_device(gy_host, cuda_device)
+    first = K.to_host(K.conv2d_backward_bias(gy))
+    (kernel, n_threads, block), _ = launches[:2]
+    assert kernel is conv_cuda._bias_partials_cuda
+    assert -(-n_threads // block) == 5 and block == 32
+    np.testing.assert_allclose(first, gy_host.astype(np.float64).sum(axis=(0, 2, 3)),
+                               rtol=4 * 189 * np.finfo(np.float32).eps)
+    np.testing.assert_array_equal(first, K.to_host(K.conv2d_backward_bias(gy)))
+
+
+def test_conv_bias_block_sizes():
+    from kernels.conv_cuda import _bias_block
+    assert [_bias_block(n) for n in (1, 256, 257, 2048, 10 ** 6)] == [32, 32, 64, 256, 256]
