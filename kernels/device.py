@@ -266,6 +266,11 @@ def _kernel_args(args):
     return args
 
 
+# Kernels split their thread index with 32-bit unsigned divisions (a 64-bit division is a
+# long software routine on NVIDIA GPUs), which is exact below this many threads.
+MAX_LAUNCH_THREADS = 2 ** 32 - 1
+
+
 def launch(kernel, n_threads, *args, block=256):
     """Launch a 1-D ``@cuda.jit`` kernel with at least ``n_threads`` threads.
 
@@ -273,6 +278,10 @@ def launch(kernel, n_threads, *args, block=256):
     """
     if n_threads <= 0:
         return
+    if n_threads > MAX_LAUNCH_THREADS:
+        raise ValueError(f"launch: {n_threads} threads for {getattr(kernel, '__name__', kernel)}"
+                         f", more than the {MAX_LAUNCH_THREADS} the kernels' 32-bit index math "
+                         "allows; split the batch")
     if SIMULATOR:
         _warn_simulator()
         # The simulator runs every thread of every block as a Python thread, even past the

@@ -148,3 +148,10 @@ def test_simulator_warns_once_on_first_cuda_use():
     cpu_only = subprocess.run([sys.executable, "-c", _SIM_SCRIPT.split("d = ")[0]],
                               capture_output=True, text=True, check=True, env=env)
     assert "simulator" not in cpu_only.stderr
+
+
+def test_launch_refuses_more_threads_than_32bit_indices_allow():
+    def kernel():
+        raise AssertionError("must not run")
+    with pytest.raises(ValueError, match="launch: 4294967296 threads for kernel, more than"):
+        D.launch(kernel, 2 ** 32)
