@@ -47,13 +47,15 @@ def _im2col_cuda(cols, x, n0, Cg, OW, KH, KW, sh, sw, pt, pl, dh, dw, zero, one)
     T, P = cols.shape[0], cols.shape[3]
     if i < T * C * P:
         iu = uint32(i)
-        tcu = iu // uint32(P)
-        pu = iu - tcu * uint32(P)
-        tu = tcu // uint32(C)
-        cu = tcu - tu * uint32(C)
-        gu = cu // uint32(Cg)
-        ohu = pu // uint32(OW)
-        owu = pu - ohu * uint32(OW)
+        # Every intermediate goes back through uint32(): a difference or product of two
+        # uint32 is typed uint64, and LLVM would then keep the next division 64-bit.
+        tcu = uint32(iu // uint32(P))
+        pu = uint32(iu - tcu * uint32(P))
+        tu = uint32(tcu // uint32(C))
+        cu = uint32(tcu - tu * uint32(C))
+        gu = uint32(cu // uint32(Cg))
+        ohu = uint32(pu // uint32(OW))
+        owu = uint32(pu - ohu * uint32(OW))
         # Back to signed 64-bit for the window arithmetic (ih, iw may be negative).
         t, c, g, p = int64(tu), int64(cu), int64(gu), int64(pu)
         cl = c - g * Cg
@@ -82,13 +84,13 @@ def _col2im_cuda(gx, gcols, n0, Cg, OH, OW, KH, KW, sh, sw, pt, pl, dh, dw, zero
     C, H, W = gx.shape[1], gx.shape[2], gx.shape[3]
     if i < T * C * H * W:
         iu = uint32(i)
-        ru = iu // uint32(W)
-        iwu = iu - ru * uint32(W)
-        qu = ru // uint32(H)
-        ihu = ru - qu * uint32(H)
-        tu = qu // uint32(C)
-        cu = qu - tu * uint32(C)
-        gu = cu // uint32(Cg)
+        ru = uint32(iu // uint32(W))
+        iwu = uint32(iu - ru * uint32(W))
+        qu = uint32(ru // uint32(H))
+        ihu = uint32(ru - qu * uint32(H))
+        tu = uint32(qu // uint32(C))
+        cu = uint32(qu - tu * uint32(C))
+        gu = uint32(cu // uint32(Cg))
         t, c, g, ih, iw = int64(tu), int64(cu), int64(gu), int64(ihu), int64(iwu)
         row = (c - g * Cg) * KH * KW
         acc = zero

@@ -31,7 +31,8 @@ from numba import cuda, njit, prange
 from . import fastmath as fm
 from .checks import check_float, check_floats, check_same_shape, contiguous
 from .device import CPU, array_module, device_of, dispatch, launch
-from .softmax import _exp_shifted, _row_max
+from .softmax import (WIDE_ROW, _combine_max_sum_cuda, _exp_shifted, _row_max,
+                      row_stats_partials)
 
 __all__ = ["cross_entropy_forward", "mse_forward", "mse_backward", "bce_with_logits_forward",
            "bce_with_logits_backward"]
@@ -82,6 +83,29 @@ def _cross_entropy_rows_cuda(losses, m_out, s_out, x, labels, smoothing):
         for k in range(K):
             s += math.exp(x[n, k] - m)
             shifted += x[n, k] - m
+        loss = math.log(s) - (x.dtype.type(1) - smoothing) * (x[n, labels[n]] - m)
+        losses[n] = loss - smoothing / x.dtype.type(K) * shifted
+        m_out[n] = m
+        s_out[n] = s
+
+
+@cuda.jit(cache=True)
+def _cross_entropy_finish_cuda(losses, m_out, s_out, pm, ps, pt, x, labels, smoothing):
+    # Wide rows: the row's m, s and sum of (x - m) from the block-per-row partials
+    # (kernels/softmax.py), then the same loss as _cross_entropy_rows_cuda.
+    n = cuda.grid(1)
+    if n < x.shape[0]:
+        K = x.shape[1]
+        B = pm.shape[1]
+        m, s = _combine_max_sum_cuda(pm, ps, n)
+        shifted = x.dtype.type(0)
+        q = K // B
+        r = K - q * B
+        for j in range(B):
+            # pt[n, j] sums (x - pm[n, j]) over the thread's elements (x[n, j::B], q or q + 1
+            # of them): re-centre it on the row's maximum m.
+            count = q + 1 if j < r else q
+            shifted += pt[n, j] + x.dtype.type(count) * (pm[n, j] - m)
         loss = math.log(s) - (x.dtype.type(1) - smoothing) * (x[n, labels[n]] - m)
         losses[n] = loss - smoothing / x.dtype.type(K) * shifted
         m_out[n] = m
@@ -243,7 +267,12 @@ def cross_entropy_forward(logits, labels, reduction="mean", label_smoothing=0.0)
         else:
             m = xp.empty(N, dtype=dtype)
             s = xp.empty(N, dtype=dtype)
-            launch(_cross_entropy_rows_cuda, N, losses, m, s, logits, labels, smoothing)
+            if K < WIDE_ROW:
+                launch(_cross_entropy_rows_cuda, N, losses, m, s, logits, labels, smoothing)
+            else:   # a block per row for the statistics
+                pm, ps, pt = row_stats_partials(xp, logits)
+                launch(_cross_entropy_finish_cuda, N, losses, m, s, pm, ps, pt, logits, labels,
+                       smoothing)
             launch(_cross_entropy_grad_cuda, logits.size, grad, logits, labels, m, s,
                    smoothing, scale)
     return _total(xp, losses, dtype, N, reduction), grad

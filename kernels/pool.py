@@ -116,10 +116,12 @@ def _max_pool2d_2x2_forward_cpu(y, indices, x, kh, kw, sh, sw, ph, pw):
 def _split3_cuda(i, B, C):
     """(a, b, c) with i = (a*B + b)*C + c."""
     iu = uint32(i)
-    r = iu // uint32(C)
-    c = iu - r * uint32(C)
-    a = r // uint32(B)
-    b = r - a * uint32(B)
+    # uint32() again after each step: uint32 arithmetic is typed uint64, which would make
+    # the next division 64-bit.
+    r = uint32(iu // uint32(C))
+    c = uint32(iu - r * uint32(C))
+    a = uint32(r // uint32(B))
+    b = uint32(r - a * uint32(B))
     return int64(a), int64(b), int64(c)
 
 
@@ -129,7 +131,7 @@ def _windows_cuda(h, k, s, pad, OH):
     t = h + pad - k + 1
     lo = int64(0)
     if t > 0:
-        lo = int64((uint32(t) + uint32(s - 1)) // uint32(s))
+        lo = int64(uint32(uint32(t) + uint32(s - 1)) // uint32(s))
     hi = min(int64(uint32(h + pad) // uint32(s)), OH - 1)
     return lo, hi
 
@@ -376,7 +378,7 @@ def _global_avg_pool2d_backward_cuda(grad_x, grad_y, count):
     i = cuda.grid(1)
     if i < grad_x.size:
         iu = uint32(i)
-        p = iu // uint32(n)
+        p = uint32(iu // uint32(n))
         grad_x[int64(p), int64(iu - p * uint32(n))] = grad_y[int64(p)] / count
 
 

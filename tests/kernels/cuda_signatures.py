@@ -69,15 +69,17 @@ def _drive_kernels(dtype):
             getattr(K, name)(x)
         else:
             getattr(K, name)(x, x)
-    logits = dev(rng.standard_normal((3, 5)).astype(dtype))
     labels = dev(np.array([0, 4, 2]))
-    for fwd, bwd in (("softmax_forward", "softmax_backward"),
-                     ("log_softmax_forward", "log_softmax_backward")):
-        y = getattr(K, fwd)(logits)
-        getattr(K, bwd)(logits, y)
-    for reduction in ("mean", "sum"):
-        for smoothing in (0.0, 0.1):
-            K.cross_entropy_forward(logits, labels, reduction=reduction, label_smoothing=smoothing)
+    for width in (5, 70):   # one thread per row; a block per row
+        logits = dev(rng.standard_normal((3, width)).astype(dtype))
+        for fwd, bwd in (("softmax_forward", "softmax_backward"),
+                         ("log_softmax_forward", "log_softmax_backward")):
+            y = getattr(K, fwd)(logits)
+            getattr(K, bwd)(logits, y)
+        for reduction in ("mean", "sum"):
+            for smoothing in (0.0, 0.1):
+                K.cross_entropy_forward(logits, labels, reduction=reduction,
+                                        label_smoothing=smoothing)
         K.mse_forward(logits, logits, reduction=reduction)
         K.mse_backward(logits, logits, reduction=reduction)
         K.bce_with_logits_forward(logits, logits, reduction=reduction)

@@ -136,8 +136,11 @@ def test_the_float64_check_sees_float64():
     assert _float64_instructions(".param .f64 x,\n// add.f64\n\tmov.f32 %f1, 0f3F800000;") == []
 
 
-@pytest.mark.parametrize("name", ["_im2col_cuda", "_col2im_cuda"])
-def test_conv_unfolding_has_no_64bit_division(ptx, name):
+@pytest.mark.parametrize("name", ["_im2col_cuda", "_col2im_cuda", "_max_pool2d_forward_cuda",
+                                  "_max_pool2d_backward_cuda", "_avg_pool2d_forward_cuda",
+                                  "_avg_pool2d_backward_cuda",
+                                  "_global_avg_pool2d_backward_cuda"])
+def test_conv_and_pool_index_math_has_no_64bit_division(ptx, name):
     """64-bit integer division is a ~70-instruction software routine on NVIDIA GPUs."""
     texts = [t for (key, _, _), t in ptx.items() if key[1] == name]
     assert texts
