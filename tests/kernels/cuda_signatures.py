@@ -80,10 +80,10 @@ def _drive_kernels(dtype):
             for smoothing in (0.0, 0.1):
                 K.cross_entropy_forward(logits, labels, reduction=reduction,
                                         label_smoothing=smoothing)
-        K.mse_forward(logits, logits, reduction=reduction)
-        K.mse_backward(logits, logits, reduction=reduction)
-        K.bce_with_logits_forward(logits, logits, reduction=reduction)
-        K.bce_with_logits_backward(logits, logits, reduction=reduction)
+            K.mse_forward(logits, logits, reduction=reduction)
+            K.mse_backward(logits, logits, reduction=reduction)
+            K.bce_with_logits_forward(logits, logits, reduction=reduction)
+            K.bce_with_logits_backward(logits, logits, reduction=reduction)
     y, idx = K.max_pool2d_forward(x, 2, return_indices=True)
     K.max_pool2d_forward(x, 3, stride=2, padding=1)
     K.max_pool2d_backward(y, idx, x.shape, 2)
