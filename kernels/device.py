@@ -44,6 +44,63 @@ else:
     _cupy_error = "not used under the CUDA simulator (NUMBA_ENABLE_CUDASIM=1)"
 
 
+class ImplicitTransferError(RuntimeError):
+    """A device array was read on the host other than through :func:`to_host`."""
+
+
+class TransferCounter:
+    """Explicit transfers seen inside :func:`strict_transfers`."""
+
+    def __init__(self):
+        self.to_host = 0     # device -> host
+        self.to_device = 0   # host -> device
+
+    def __repr__(self):
+        return f"TransferCounter(to_host={self.to_host}, to_device={self.to_device})"
+
+
+_strict = None   # the active TransferCounter while strict_transfers() is on
+
+
+class strict_transfers:
+    """Simulator only: make the device stricter than a GPU, and count transfers.
+
+    Inside ``with strict_transfers() as count:`` a simulated device array refuses to be read
+    on the host implicitly (``float``, ``int``, ``bool``, ``operator.index``, ``.item()``,
+    ``.tolist()``: each is a hidden device-to-host copy and a stall on a real GPU) with
+    :class:`ImplicitTransferError`; reductions return 0-d device arrays as CuPy's do instead
+    of host scalars; and ``count.to_host`` / ``count.to_device`` count the explicit
+    transfers (:func:`to_host`, :func:`to_device`, ``xp.asarray`` of host data).
+    ``np.asarray(device_array)`` cannot be intercepted on a NumPy subclass; the array it
+    returns is a CPU array, which the launchers' device checks then refuse to mix.
+    """
+
+    def __enter__(self):
+        global _strict
+        if not SIMULATOR:
+            raise RuntimeError("strict_transfers() needs the CUDA simulator "
+                               "(NUMBA_ENABLE_CUDASIM=1)")
+        self._previous, _strict = _strict, TransferCounter()
+        return _strict
+
+    def __exit__(self, *exc):
+        global _strict
+        _strict = self._previous
+        return False
+
+
+def _implicit(what, method):
+    def read(self, *args):
+        if _strict is not None:
+            raise ImplicitTransferError(
+                f"{what} of a simulated device array of shape {self.shape} reads it on the "
+                "host (an implicit device-to-host transfer that stalls a GPU); keep the value "
+                "on the device, or read it explicitly with kernels.to_host()")
+        return method(self, *args)
+    read.__name__ = method.__name__
+    return read
+
+
 class SimCudaArray(np.ndarray):
     """A NumPy array that stands for device memory under the CUDA simulator.
 
@@ -55,11 +112,18 @@ class SimCudaArray(np.ndarray):
         pass
 
     def __array_wrap__(self, arr, context=None, return_scalar=False):
-        # 0-d results of reductions come back as NumPy scalars, like CuPy's 0-d arrays
-        # behave under float(); keep arrays on the simulated device.
-        if return_scalar:
+        # 0-d results of reductions come back as NumPy scalars, which float() reads like
+        # CuPy's 0-d arrays; under strict_transfers() they stay 0-d device arrays, as on CuPy.
+        if return_scalar and _strict is None:
             return arr[()]
         return np.asarray(arr).view(SimCudaArray)
+
+    __float__ = _implicit("float()", np.ndarray.__float__)
+    __int__ = _implicit("int()", np.ndarray.__int__)
+    __bool__ = _implicit("bool()", np.ndarray.__bool__)
+    __index__ = _implicit("operator.index()", np.ndarray.__index__)
+    item = _implicit(".item()", np.ndarray.item)
+    tolist = _implicit(".tolist()", np.ndarray.tolist)
 
     def get(self):
         """CuPy's ``ndarray.get()``: a host (NumPy) copy."""
@@ -100,10 +164,17 @@ class _SimSubmodule:
         return _sim_attr(self._module, name)
 
 
+# xp functions that copy host data to the device when given host data (CuPy's behaviour).
+_UPLOADS = {"asarray", "array", "asanyarray", "ascontiguousarray"}
+
+
 def _sim_attr(module, name):
     attr = getattr(module, name)
     if callable(attr) and not isinstance(attr, type):
         def wrapped(*args, **kwargs):
+            if (_strict is not None and name in _UPLOADS and args
+                    and not isinstance(args[0], SimCudaArray)):
+                _strict.to_device += 1
             return _sim_wrap(attr(*args, **kwargs))
         wrapped.__name__ = name
         wrapped.__doc__ = attr.__doc__
@@ -210,19 +281,58 @@ def to_device(a, device):
     if device == CPU:
         return host
     if SIMULATOR:
+        if _strict is not None:
+            _strict.to_device += 1
         return np.array(host, copy=True).view(SimCudaArray)
     return _cupy.asarray(host)
 
 
 def to_host(a):
-    """A NumPy array with the values of ``a`` (no copy when ``a`` is already on the CPU)."""
+    """A NumPy array with the values of ``a`` (no copy when ``a`` is already on the CPU).
+
+    Reading a device array is a synchronisation point, so checks deferred on the device
+    (:func:`defer_check`) are raised here first.
+    """
+    if _device_of_one(a) == CUDA and _deferred:
+        check_errors()
+    return _to_host(a)
+
+
+def _to_host(a):
     if isinstance(a, SimCudaArray):
+        if _strict is not None:
+            _strict.to_host += 1
         return np.array(a, copy=True).view(np.ndarray)
     if isinstance(a, np.ndarray):
         return a
     if _cupy is not None and isinstance(a, _cupy.ndarray):
         return _cupy.asnumpy(a)
     return np.asarray(a)
+
+
+# ---------------------------------------------------------------- checks deferred on the device
+# A launcher that would have to read device data to validate it (labels in range, say)
+# computes the verdict on the device instead and queues it here; the next explicit read
+# (to_host) or check_errors() reads every pending verdict in one transfer.
+_deferred = []
+
+
+def defer_check(bad, message):
+    """Queue the 0-d device boolean ``bad``; ``message()`` builds the error text if it is true."""
+    _deferred.append((bad, message))
+
+
+def check_errors():
+    """Raise the first pending deferred check that failed (``ValueError``); clear them all."""
+    if not _deferred:
+        return
+    pending = list(_deferred)
+    _deferred.clear()
+    xp = array_module(CUDA)
+    flags = _to_host(xp.stack([xp.asarray(bad).reshape(()) for bad, _ in pending]))
+    for failed, (_, message) in zip(flags, pending):
+        if failed:
+            raise ValueError(message())
 
 
 def synchronize(device=CUDA):

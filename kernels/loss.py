@@ -30,7 +30,7 @@ from numba import cuda, njit, prange
 
 from . import fastmath as fm
 from .checks import check_float, check_floats, check_same_shape, contiguous
-from .device import CPU, array_module, device_of, dispatch, launch
+from .device import CPU, array_module, defer_check, device_of, dispatch, launch, to_host
 from .softmax import (WIDE_ROW, _combine_max_sum_cuda, _exp_shifted, _row_max,
                       row_stats_partials)
 
@@ -83,7 +83,9 @@ def _cross_entropy_rows_cuda(losses, m_out, s_out, x, labels, smoothing):
         for k in range(K):
             s += math.exp(x[n, k] - m)
             shifted += x[n, k] - m
-        loss = math.log(s) - (x.dtype.type(1) - smoothing) * (x[n, labels[n]] - m)
+        # Clamped: a bad label is reported by the deferred check, never read out of bounds.
+        label = min(max(labels[n], 0), K - 1)
+        loss = math.log(s) - (x.dtype.type(1) - smoothing) * (x[n, label] - m)
         losses[n] = loss - smoothing / x.dtype.type(K) * shifted
         m_out[n] = m
         s_out[n] = s
@@ -106,7 +108,9 @@ def _cross_entropy_finish_cuda(losses, m_out, s_out, pm, ps, pt, x, labels, smoo
             # of them): re-centre it on the row's maximum m.
             count = q + 1 if j < r else q
             shifted += pt[n, j] + x.dtype.type(count) * (pm[n, j] - m)
-        loss = math.log(s) - (x.dtype.type(1) - smoothing) * (x[n, labels[n]] - m)
+        # Clamped: a bad label is reported by the deferred check, never read out of bounds.
+        label = min(max(labels[n], 0), K - 1)
+        loss = math.log(s) - (x.dtype.type(1) - smoothing) * (x[n, label] - m)
         losses[n] = loss - smoothing / x.dtype.type(K) * shifted
         m_out[n] = m
         s_out[n] = s
@@ -250,10 +254,17 @@ def cross_entropy_forward(logits, labels, reduction="mean", label_smoothing=0.0)
     if N and K == 0:
         raise ValueError(f"logits: need at least one class, got shape {tuple(logits.shape)}")
     if N:
-        low, high = int(labels.min()), int(labels.max())
-        if low < 0 or high >= K:
-            raise ValueError(f"labels: expected class indices in [0, {K}), got values in "
-                             f"[{low}, {high}]")
+        def message(labels=labels):
+            low, high = int(to_host(labels.min())), int(to_host(labels.max()))
+            return f"labels: expected class indices in [0, {K}), got values in [{low}, {high}]"
+        if device == CPU:
+            if labels.min() < 0 or labels.max() >= K:
+                raise ValueError(message())
+        else:
+            # Reading labels.min()/max() would stall the GPU twice per call: the verdict stays
+            # on the device and is raised at the next read (kernels.to_host / check_errors);
+            # the kernels clamp labels, so a bad one never reads outside the logits.
+            defer_check(((labels < 0) | (labels >= K)).any(), message)
     logits, labels = contiguous(xp, logits), contiguous(xp, labels)
     dtype = logits.dtype
     smoothing = dtype.type(label_smoothing)

@@ -64,7 +64,8 @@ def _all_cuda_kernels():
             continue
         mod = importlib.import_module(f"kernels.{info.name}")
         for name, obj in vars(mod).items():
-            if isinstance(obj, CUDADispatcher) and obj.py_func.__module__ == mod.__name__:
+            if (isinstance(obj, CUDADispatcher) and obj.py_func.__module__ == mod.__name__
+                    and not obj.targetoptions.get("device")):   # kernels, not device functions
                 found.add((mod.__name__, name))
     return found
 
