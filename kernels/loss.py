@@ -59,8 +59,9 @@ def _cross_entropy_cpu(losses, grad, x, labels, smoothing, scale):
     for n in prange(x.shape[0]):
         label = labels[n]
         m = _row_max(x[n])
-        s = _exp_shifted(grad[n], x[n], m)
-        loss = math.log(s) - on * (x[n, label] - m)
+        s64 = _exp_shifted(grad[n], x[n], m)
+        s = x.dtype.type(s64)
+        loss = math.log(s64) - on * (x[n, label] - m)
         if smoothing != 0:
             loss -= off * _row_sum_shifted(x[n], m)
         losses[n] = loss

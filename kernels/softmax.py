@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 from numba import cuda, njit, prange
 
 from . import fastmath as fm
@@ -36,11 +37,18 @@ _cpu = njit(parallel=True, cache=True, error_model="numpy", fastmath={"contract"
 
 
 # ---------------------------------------------------------------- row helpers (CPU)
+# The row sums accumulate in float64 whatever the input's dtype, and return float64.  In
+# float32 a sum of K terms carries up to K/lanes + log2(lanes) roundings, and log(s) turns the
+# absolute error of s (ulps of 1, since the maximum's term is exactly 1) into a relative error
+# of log_softmax's largest entry -log(s), which is small: with float32 sums that entry was off
+# by 5e-5 relative, and by a different amount on AVX2 and AVX-512 (8 or 16 lanes, another
+# summation order).  A float64 sum is exact to well below a float32 ulp for any row length
+# that fits in memory, so every float32 result is a few ulps of its own size on any machine.
 @njit(cache=True, error_model="numpy", fastmath={"reassoc", "contract"})
 def _row_sum(a):
     # reassoc lets LLVM keep several partial sums in vector lanes: a fixed order, decided at
     # compile time, so still deterministic.  Kept out of the kernels so the flag stays here.
-    s = a.dtype.type(0)
+    s = 0.0
     for k in range(a.size):
         s += a[k]
     return s
@@ -48,9 +56,9 @@ def _row_sum(a):
 
 @njit(cache=True, error_model="numpy", fastmath={"reassoc", "contract"})
 def _row_dot(a, b):
-    s = a.dtype.type(0)
+    s = 0.0
     for k in range(a.size):
-        s += a[k] * b[k]
+        s += np.float64(a[k]) * b[k]
     return s
 
 
@@ -66,7 +74,7 @@ def _row_max(a):
 
 @njit(cache=True, error_model="numpy", fastmath={"contract"})
 def _exp_shifted(out, x, m):
-    """out = exp(x - m); returns the row's maximum-shifted sum of exponentials."""
+    """out = exp(x - m); returns the row's maximum-shifted sum of exponentials, in float64."""
     for k in range(x.size):
         out[k] = fm.exp(x[k] - m)
     return _row_sum(out)
@@ -77,7 +85,7 @@ def _exp_shifted(out, x, m):
 def _softmax_forward_cpu(y, x):
     for n in prange(x.shape[0]):
         m = _row_max(x[n])
-        s = _exp_shifted(y[n], x[n], m)
+        s = x.dtype.type(_exp_shifted(y[n], x[n], m))
         for k in range(x.shape[1]):
             y[n, k] = y[n, k] / s
 
@@ -86,7 +94,8 @@ def _softmax_forward_cpu(y, x):
 def _log_softmax_forward_cpu(y, x):
     for n in prange(x.shape[0]):
         m = _row_max(x[n])
-        log_s = math.log(_exp_shifted(y[n], x[n], m))
+        # (x - m) <= 0 and log(s) >= 0: the subtraction adds magnitudes, nothing cancels.
+        log_s = x.dtype.type(math.log(_exp_shifted(y[n], x[n], m)))
         for k in range(x.shape[1]):
             y[n, k] = (x[n, k] - m) - log_s
 
@@ -234,7 +243,7 @@ def _row_reduce_cuda(xp, partials_kernel, out, *arrays):
 @_cpu
 def _softmax_backward_cpu(grad_x, grad_y, y):
     for n in prange(y.shape[0]):
-        dot = _row_dot(grad_y[n], y[n])
+        dot = y.dtype.type(_row_dot(grad_y[n], y[n]))
         for k in range(y.shape[1]):
             grad_x[n, k] = y[n, k] * (grad_y[n, k] - dot)
 
@@ -242,7 +251,7 @@ def _softmax_backward_cpu(grad_x, grad_y, y):
 @_cpu
 def _log_softmax_backward_cpu(grad_x, grad_y, y):
     for n in prange(y.shape[0]):
-        total = _row_sum(grad_y[n])
+        total = y.dtype.type(_row_sum(grad_y[n]))
         for k in range(y.shape[1]):
             grad_x[n, k] = grad_y[n, k] - fm.exp(y[n, k]) * total
 

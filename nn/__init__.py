@@ -19,3 +19,4 @@ from .checkpoint import CheckpointError, load, save  # noqa: F401
 from . import data  # noqa: F401
 from .train import NonFiniteLossError, Trainer, fit  # noqa: F401
 from . import curvature, diagnostics, landscape  # noqa: F401
+from .onnx_export import OnnxExportError, export_onnx, register_onnx  # noqa: F401

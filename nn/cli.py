@@ -2,8 +2,9 @@
 
     python -m nn train                      # small CNN on the bundled 8x8 digits, CPU
     python -m nn train --model mlp --optimizer sgd --lr 0.05 --schedule cosine
-    python -m nn evaluate runs/<run>/checkpoint.npz
+    python -m nn evaluate runs/<run>/checkpoint.safetensors
     python -m nn summary --model resnet
+    python -m nn export runs/<run> --format onnx
 
 Each subcommand is one entry in :data:`COMMANDS`: a function that adds its arguments to its
 parser and a function that runs it and returns the exit code.  A new subcommand (say
@@ -27,7 +28,8 @@ import kernels
 from kernels.threads import numba_threads
 
 from . import data as nn_data
-from .train import CHECKPOINT_NAME, TRAIN_FORMAT, NonFiniteLossError, Trainer, evaluate
+from .train import (CHECKPOINT_NAME, LEGACY_CHECKPOINT_NAME, TRAIN_FORMAT, NonFiniteLossError,
+                    Trainer, evaluate)
 
 PROG = "python -m nn"
 MODELS = ("mlp", "lenet", "vgg", "resnet", "autoencoder")
@@ -305,7 +307,10 @@ def _resolve_run_dir(config, out):
 def _checkpoint_file(path):
     path = os.fspath(path)
     if os.path.isdir(path):
+        legacy = os.path.join(path, LEGACY_CHECKPOINT_NAME)  # a run folder from before
         path = os.path.join(path, CHECKPOINT_NAME)
+        if not os.path.exists(path) and os.path.exists(legacy):
+            path = legacy
     if not os.path.exists(path):
         raise UserError(f"{path}: checkpoint not found")
     return path
@@ -546,6 +551,57 @@ def run_demo(args, out=None):
 
 
 # ---------------------------------------------------------------------- entry point
+# ---------------------------------------------------------------------- export
+EXPORT_FORMATS = {"safetensors": ".safetensors", "onnx": ".onnx"}
+
+
+def _add_export(p):
+    p.add_argument("run", metavar="RUN", help="a run folder or a checkpoint written by train")
+    p.add_argument("--format", choices=tuple(EXPORT_FORMATS), required=True,
+                   help="safetensors: the weights under torch's state_dict keys; onnx: the "
+                        "model in evaluation mode, batch axis dynamic")
+    p.add_argument("--out", metavar="PATH",
+                   help="output file (default: model.safetensors or model.onnx in the run "
+                        "folder)")
+    p.add_argument("--opset", type=_positive(int), default=None,
+                   help="ONNX operator set, 13 or newer (default 17)")
+
+
+def run_export(args, out=None):
+    """The best weights of a run (the last ones without validation) as one file."""
+    import nn
+    from .onnx_export import DEFAULT_OPSET
+
+    out = out or sys.stdout
+    path = _checkpoint_file(args.run)
+    ckpt = _load_checkpoint(path)
+    config = ckpt["config"]
+    weights = ckpt.get("best_model") or ckpt["model"]
+    target = args.out or os.path.join(os.path.dirname(os.path.abspath(path)),
+                                      "model" + EXPORT_FORMATS[args.format])
+    model = build_model(config.get("model"), config.get("sample_shape") or (),
+                        config.get("num_classes"))
+    try:
+        model.load_state_dict(weights)
+    except (KeyError, ValueError, TypeError) as exc:
+        raise UserError(f"{path}: the weights do not fit a {config.get('model')!r} model "
+                        f"({exc})") from None
+    if args.format == "safetensors":
+        nn.save(model.state_dict(), target)
+    else:
+        example = np.zeros((1, *config["sample_shape"]), next(model.parameters()).dtype)
+        try:
+            nn.export_onnx(model, example, target, opset=args.opset or DEFAULT_OPSET)
+        except ImportError as exc:
+            raise UserError(f"ONNX export needs the onnx package (pip install "
+                            f"'numba-dl[interop]'): {exc}") from None
+        except ValueError as exc:  # OnnxExportError, or an opset this onnx does not know
+            raise UserError(str(exc)) from None
+    print(f"{args.format}: {target} ({config.get('model')}, input (N, "
+          f"{', '.join(str(s) for s in config['sample_shape'])}))", file=out)
+    return 0
+
+
 COMMANDS = {
     # name: (help, add arguments, run)
     "train": ("train a model and write a run folder (checkpoint, metrics, plots, config)",
@@ -556,7 +612,10 @@ COMMANDS = {
                 _add_summary, run_summary),
     "demo": ("run a demonstration (vanishing-gradients, zero-init, xor, ...): print its "
              "finding, write its plots", _add_demo, run_demo),
+    "export": ("write a run's weights as safetensors (a torch state_dict) or its model as "
+               "ONNX", _add_export, run_export),
 }
+
 
 
 def make_parser():

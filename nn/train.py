@@ -4,7 +4,8 @@ One epoch is: for each training batch, ``y = model(x)``, ``loss = loss_fn(y, tar
 ``model.backward(loss_fn.backward())``, ``optimizer.step()``; then one pass over the
 validation data in eval mode, one schedule step, the history row, and a checkpoint.
 
-A checkpoint (written atomically with :func:`nn.save` every epoch) holds everything the
+A checkpoint (``checkpoint.safetensors``, written atomically with :func:`nn.save` every
+epoch; its weights sit under ``model.`` + the torch ``state_dict`` keys) holds everything the
 next epoch depends on: model and optimizer state, the schedule, the epoch, the history, the
 early-stopping state with the best weights so far, and the RNG states (the training
 loader's shuffling generator, every module's own generator such as Dropout's, and
@@ -30,9 +31,11 @@ import kernels
 from . import init as nn_init
 
 __all__ = ["Trainer", "fit", "evaluate", "NonFiniteLossError", "CHECKPOINT_NAME",
-           "TRAIN_FORMAT", "TASKS"]
+           "LEGACY_CHECKPOINT_NAME", "TRAIN_FORMAT", "TASKS"]
 
-CHECKPOINT_NAME = "checkpoint.npz"
+CHECKPOINT_NAME = "checkpoint.safetensors"
+# What run folders held before checkpoints became safetensors; --resume still finds it.
+LEGACY_CHECKPOINT_NAME = "checkpoint.npz"
 TASKS = ("classification", "reconstruction")
 TRAIN_FORMAT = "nn.train/1"
 
@@ -308,7 +311,8 @@ class Trainer:
     def fit(self, train_loader, val_loader=None, epochs=10, resume=None):
         """Train until ``epochs`` epochs are done in total (or early stopping); returns history.
 
-        ``resume``: a checkpoint path or a loaded checkpoint dict to continue from.
+        ``resume``: a checkpoint path (safetensors, or the older ``.npz``) or a loaded
+        checkpoint dict to continue from.
         """
         if resume is not None:
             if not isinstance(resume, dict):

@@ -41,7 +41,8 @@ def test_train_then_evaluate_as_processes(tiny_npz, tmp_path):
     assert train.returncode == 0, train.stderr
     assert f"run folder: {run_dir}" in train.stdout
     names = set(os.listdir(run_dir))
-    assert {"checkpoint.npz", "config.json", "metrics.csv", "metrics.json", "test.json"} <= names
+    assert {"checkpoint.safetensors", "config.json", "metrics.csv", "metrics.json",
+            "test.json"} <= names
     if plots.available():
         assert {"curves.png", "filters.png", "confusion.png"} <= names
     config = json.loads((run_dir / "config.json").read_text())
@@ -49,7 +50,7 @@ def test_train_then_evaluate_as_processes(tiny_npz, tmp_path):
     assert config["sample_shape"] == [1, 8, 8] and config["num_classes"] == 10
     assert len(config["normalize"]["mean"]) == 1
 
-    evaluate = run_module("evaluate", str(run_dir / "checkpoint.npz"))
+    evaluate = run_module("evaluate", str(run_dir / "checkpoint.safetensors"))
     assert evaluate.returncode == 0, evaluate.stderr
     test = json.loads((run_dir / "test.json").read_text())
     correct = round(test["accuracy"] * test["samples"])
@@ -86,6 +87,27 @@ def test_resume_continues_the_same_run(tiny_npz, tmp_path, capsys, monkeypatch):
     assert "cannot change: --lr" in line
 
 
+def test_an_old_run_folder_with_an_npz_checkpoint_resumes(tiny_npz, tmp_path, capsys):
+    import nn
+    from legacy_checkpoint import save_npz
+
+    base = ["train", "--dataset", tiny_npz, "--model", "mlp", "--batch-size", "50", "--quiet",
+            "--schedule", "step", "--epochs", "2"]
+    assert cli.main(base + ["--out", str(tmp_path / "straight")]) == 0
+    old = tmp_path / "old"
+    assert cli.main(base[:-1] + ["1", "--out", str(old)]) == 0
+    save_npz(nn.load(old / "checkpoint.safetensors"), old / "checkpoint.npz")
+    os.unlink(old / "checkpoint.safetensors")
+    assert cli.main(["evaluate", str(old)]) == 0
+    assert cli.main(["train", "--resume", str(old), "--epochs", "2", "--quiet"]) == 0
+    capsys.readouterr()
+    resumed, straight = (nn.load(d / "checkpoint.safetensors") for d in (old, tmp_path /
+                                                                        "straight"))
+    assert resumed["epoch"] == 2
+    for k, v in straight["model"].items():
+        np.testing.assert_array_equal(resumed["model"][k], v, err_msg=k)
+
+
 def test_autoencoder_run_writes_its_figures(tiny_npz, tmp_path, capsys):
     run_dir = tmp_path / "ae"
     assert cli.main(["train", "--dataset", tiny_npz, "--model", "autoencoder", "--epochs", "1",
@@ -114,7 +136,10 @@ def test_summary(capsys):
     (["summary"], 2, "required: --model"),
     (["train", "--dataset", "/no/such/data.npz"], 1, "/no/such/data.npz: file not found"),
     (["train", "--dataset", "/no/such/folder"], 1, "no such file or folder"),
-    (["evaluate", "/no/such/checkpoint.npz"], 1, "checkpoint not found"),
+    (["evaluate", "/no/such/checkpoint.safetensors"], 1, "checkpoint not found"),
+    (["export", "/no/such/run", "--format", "onnx"], 1, "checkpoint not found"),
+    (["export", "/no/such/run"], 2, "required: --format"),
+    (["export", "/no/such/run", "--format", "tflite"], 2, "invalid choice: 'tflite'"),
     (["train", "--resume", "/no/such/run"], 1, "checkpoint not found"),
 ])
 def test_bad_input_gives_one_line_and_an_exit_code(argv, code, message, capsys):
@@ -132,7 +157,7 @@ def test_corrupt_or_foreign_checkpoints_are_refused(tmp_path, capsys):
 
     broken = tmp_path / "broken.npz"
     broken.write_bytes(b"not a checkpoint at all")
-    foreign = tmp_path / "foreign.npz"
+    foreign = tmp_path / "foreign.safetensors"
     nn.save({"weights": np.zeros(3)}, foreign)
     for path, message in ((broken, str(broken)), (foreign, "not a checkpoint written by")):
         assert cli.main(["evaluate", str(path)]) == 1

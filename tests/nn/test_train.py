@@ -10,7 +10,9 @@ import pytest
 
 import nn
 from nn import data, plots
-from nn.train import CHECKPOINT_NAME, NonFiniteLossError, Trainer, evaluate
+from nn.train import (CHECKPOINT_NAME, LEGACY_CHECKPOINT_NAME, NonFiniteLossError, Trainer,
+                      evaluate)
+from legacy_checkpoint import save_npz
 
 
 def make_model(seed, dropout=True):
@@ -66,8 +68,10 @@ def test_fit_learns_and_writes_metrics(tmp_path):
     assert result["accuracy"] == np.trace(result["confusion"]) / result["samples"]
 
 
-def test_resume_is_bitwise_identical_to_an_uninterrupted_run(tmp_path):
-    # Shuffling, dropout masks, momentum buffers and the schedule all carry over.
+@pytest.mark.parametrize("fmt", ["safetensors", "npz"])
+def test_resume_is_bitwise_identical_to_an_uninterrupted_run(tmp_path, fmt):
+    # Shuffling, dropout masks, momentum buffers and the schedule all carry over, from
+    # today's safetensors checkpoint and from one in the .npz format of older runs.
     full = make_model(0)
     train_loader, val_loader = loaders()
     make_trainer(full, tmp_path / "full", restore_best=False).fit(train_loader, val_loader,
@@ -77,13 +81,17 @@ def test_resume_is_bitwise_identical_to_an_uninterrupted_run(tmp_path):
     train_loader, val_loader = loaders()
     make_trainer(first, tmp_path / "cut", restore_best=False).fit(train_loader, val_loader,
                                                                   epochs=2)
+    resume_from = tmp_path / "cut" / CHECKPOINT_NAME
+    if fmt == "npz":
+        resume_from = tmp_path / "cut" / LEGACY_CHECKPOINT_NAME
+        save_npz(nn.load(tmp_path / "cut" / CHECKPOINT_NAME), resume_from)
+        os.unlink(tmp_path / "cut" / CHECKPOINT_NAME)
     # A fresh process would start from different weights and generators: make them differ.
     resumed = make_model(123)
     train_loader, val_loader = loaders()
     nn.init.default_generator().random(7)
     trainer = make_trainer(resumed, tmp_path / "cut", restore_best=False)
-    history = trainer.fit(train_loader, val_loader, epochs=3,
-                          resume=tmp_path / "cut" / CHECKPOINT_NAME)
+    history = trainer.fit(train_loader, val_loader, epochs=3, resume=resume_from)
     expected, got = params(full), params(resumed)
     assert expected.keys() == got.keys()
     for k in expected:
