@@ -155,3 +155,16 @@ def test_launch_refuses_more_threads_than_32bit_indices_allow():
         raise AssertionError("must not run")
     with pytest.raises(ValueError, match="launch: 4294967296 threads for kernel, more than"):
         D.launch(kernel, 2 ** 32)
+
+
+@pytest.mark.skipif(kernels.SIMULATOR or _driver_present(),
+                    reason="needs a machine without an NVIDIA driver, outside the simulator")
+def test_gpu_check_script_stops_at_the_gpu_step_without_a_gpu():
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = dict(os.environ, GPU_CHECK_OFFLINE="1")
+    env.pop("NUMBA_ENABLE_CUDASIM", None)
+    run = subprocess.run(["bash", os.path.join(root, "benchmarks", "gpu_check.sh")], cwd=root,
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert run.returncode == 2, run.stdout + run.stderr
+    assert "== 2/5 device report" in run.stdout and "== 3/5" not in run.stdout
+    assert "NO GPU: missing driver: libcuda.so.1 not found" in run.stdout
