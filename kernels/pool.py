@@ -431,19 +431,22 @@ def _planes(a):
 
 
 def _divisors(xp, dtype, x_shape, geometry, out_shape, count_include_pad):
-    """Per-row and per-column window sizes whose product is each window's divisor."""
+    """Per-row and per-column window sizes whose product is each window's divisor.
+
+    Built with ``xp`` where the data lives: on a GPU a host-built array would be a
+    host-to-device copy on every call."""
     kh, kw, sh, sw, ph, pw = geometry
     H, W = x_shape[2], x_shape[3]
     if count_include_pad:
         # Without ceil mode no window reaches past the padding, so each covers KH x KW.
-        rows = np.full(out_shape[2], kh, dtype=dtype)
-        cols = np.full(out_shape[3], kw, dtype=dtype)
+        rows = xp.full(out_shape[2], kh, dtype=dtype)
+        cols = xp.full(out_shape[3], kw, dtype=dtype)
     else:
-        start = np.arange(out_shape[2]) * sh - ph
-        rows = (np.minimum(start + kh, H) - np.maximum(start, 0)).astype(dtype)
-        start = np.arange(out_shape[3]) * sw - pw
-        cols = (np.minimum(start + kw, W) - np.maximum(start, 0)).astype(dtype)
-    return xp.asarray(rows), xp.asarray(cols)
+        start = xp.arange(out_shape[2]) * sh - ph
+        rows = (xp.minimum(start + kh, H) - xp.maximum(start, 0)).astype(dtype)
+        start = xp.arange(out_shape[3]) * sw - pw
+        cols = (xp.minimum(start + kw, W) - xp.maximum(start, 0)).astype(dtype)
+    return rows, cols
 
 
 # ---------------------------------------------------------------- launchers

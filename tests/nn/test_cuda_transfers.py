@@ -133,3 +133,14 @@ def test_dropout_on_device_is_reproducible_and_transfer_free():
     np.testing.assert_array_equal(K.to_host(a), K.to_host(again))
     assert not np.array_equal(K.to_host(a), K.to_host(b))
     np.testing.assert_array_equal(K.to_host(layer.backward(x)), K.to_host(b))
+
+
+@pytest.mark.parametrize("include", [True, False])
+def test_average_pooling_divisors_are_made_on_the_device(include):
+    x = _dev(np.random.default_rng(2).standard_normal((1, 2, 5, 5)).astype(np.float32))
+    with K.strict_transfers() as count:
+        y = K.avg_pool2d_forward(x, 3, stride=2, padding=1, count_include_pad=include)
+        K.avg_pool2d_backward(y, x.shape, 3, stride=2, padding=1, count_include_pad=include)
+    assert (count.to_host, count.to_device) == (0, 0)
+    ref = K.avg_pool2d_forward(K.to_host(x), 3, stride=2, padding=1, count_include_pad=include)
+    np.testing.assert_allclose(K.to_host(y), ref, rtol=1e-6)
