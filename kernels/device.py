@@ -315,11 +315,20 @@ def _to_host(a):
 # computes the verdict on the device instead and queues it here; the next explicit read
 # (to_host) or check_errors() reads every pending verdict in one transfer.
 _deferred = []
+# Past this many pending verdicts they are read (one transfer per this many checks), so a
+# loop that never reads explicitly cannot grow the queue without bound.
+MAX_DEFERRED = 256
 
 
 def defer_check(bad, message):
-    """Queue the 0-d device boolean ``bad``; ``message()`` builds the error text if it is true."""
+    """Queue the 0-d device boolean ``bad``; ``message()`` builds the error text if it is true.
+
+    ``message`` should hold only small device values (0-d reductions), not the checked
+    arrays, so a queued check keeps no batch alive.
+    """
     _deferred.append((bad, message))
+    if len(_deferred) >= MAX_DEFERRED:
+        check_errors()
 
 
 def check_errors():

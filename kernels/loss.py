@@ -255,17 +255,19 @@ def cross_entropy_forward(logits, labels, reduction="mean", label_smoothing=0.0)
     if N and K == 0:
         raise ValueError(f"logits: need at least one class, got shape {tuple(logits.shape)}")
     if N:
-        def message(labels=labels):
-            low, high = int(to_host(labels.min())), int(to_host(labels.max()))
-            return f"labels: expected class indices in [0, {K}), got values in [{low}, {high}]"
+        low, high = labels.min(), labels.max()
+
+        def message(low=low, high=high):
+            return (f"labels: expected class indices in [0, {K}), got values in "
+                    f"[{int(to_host(low))}, {int(to_host(high))}]")
         if device == CPU:
-            if labels.min() < 0 or labels.max() >= K:
+            if low < 0 or high >= K:
                 raise ValueError(message())
         else:
-            # Reading labels.min()/max() would stall the GPU twice per call: the verdict stays
-            # on the device and is raised at the next read (kernels.to_host / check_errors);
-            # the kernels clamp labels, so a bad one never reads outside the logits.
-            defer_check(((labels < 0) | (labels >= K)).any(), message)
+            # Reading low/high here would stall the GPU twice per call: the verdict stays on
+            # the device and is raised at the next read (kernels.to_host / check_errors); the
+            # kernels clamp labels, so a bad one never reads outside the logits.
+            defer_check((low < 0) | (high >= K), message)
     logits, labels = contiguous(xp, logits), contiguous(xp, labels)
     dtype = logits.dtype
     smoothing = dtype.type(label_smoothing)

@@ -121,16 +121,18 @@ class BCELoss(_Loss):
         check_same_shape("p", p, "target", target)
         xp = K.array_module(device)
         if p.size:
-            def message(p=p):
-                low, high = float(K.to_host(p.min())), float(K.to_host(p.max()))
-                return f"p: BCELoss expects probabilities in [0, 1], got values in [{low}, {high}]"
+            low, high = p.min(), p.max()
+
+            def message(low=low, high=high):
+                return (f"p: BCELoss expects probabilities in [0, 1], got values in "
+                        f"[{float(K.to_host(low))}, {float(K.to_host(high))}]")
             if device == "cpu":
-                if not (p.min() >= 0.0 and p.max() <= 1.0):
+                if not (low >= 0.0 and high <= 1.0):
                     raise ValueError(message())
             else:
                 # Checked on the device, raised at the next host read (kernels.to_host or
                 # kernels.check_errors): reading p.min()/max() here would stall a GPU.
-                K.defer_check(~((p.min() >= 0.0) & (p.max() <= 1.0)), message)
+                K.defer_check(~((low >= 0.0) & (high <= 1.0)), message)
         with np.errstate(divide="ignore"):  # log(0) = -inf is clamped to -100 just below
             log_p = xp.maximum(xp.log(p), -100.0)
             log_q = xp.maximum(xp.log1p(-p), -100.0)

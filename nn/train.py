@@ -297,6 +297,8 @@ class Trainer:
         finally:
             if bar is not None:
                 bar.close()
+        # Checks a GPU kept on the device (label ranges, say) are read once per epoch.
+        kernels.check_errors()
         if self.comm is not None and self.comm.size > 1:
             from .distributed import allreduce_values
             total_loss, total, correct = allreduce_values(

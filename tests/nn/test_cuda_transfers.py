@@ -144,3 +144,16 @@ def test_average_pooling_divisors_are_made_on_the_device(include):
     assert (count.to_host, count.to_device) == (0, 0)
     ref = K.avg_pool2d_forward(K.to_host(x), 3, stride=2, padding=1, count_include_pad=include)
     np.testing.assert_allclose(K.to_host(y), ref, rtol=1e-6)
+
+
+def test_deferred_checks_are_bounded(monkeypatch):
+    from kernels import device as D
+    monkeypatch.setattr(D, "MAX_DEFERRED", 4)
+    logits = _dev(np.zeros((2, 3), np.float32))
+    good = _dev(np.array([0, 2]))
+    with K.strict_transfers() as count:
+        for _ in range(3):
+            K.cross_entropy_forward(logits, good)
+        assert count.to_host == 0 and len(D._deferred) == 3
+        K.cross_entropy_forward(logits, good)   # the fourth reads all four in one transfer
+        assert count.to_host == 1 and D._deferred == []
