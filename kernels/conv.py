@@ -31,7 +31,8 @@ from typing import NamedTuple
 import numba
 import numpy as np
 
-from .checks import check_float, check_floats, contiguous
+from .checks import (MAX_EXTENT, check_extent, check_float, check_floats, check_numel,
+                     check_shape, contiguous)
 from .conv_cpu import (_conv2d_backward_bias_cpu, _conv2d_backward_input_direct_cpu,
                        _conv2d_backward_input_gemm_cpu, _conv2d_backward_weight_direct_cpu,
                        _conv2d_backward_weight_gemm_cpu, _conv2d_forward_direct_cpu,
@@ -81,12 +82,17 @@ def _pair(name, value, minimum):
         if v < minimum:
             what = "positive" if minimum == 1 else "non-negative"
             raise ValueError(f"{name}: expected {what} values, got {value!r}")
+        if v > MAX_EXTENT:
+            raise ValueError(f"{name}: expected values at most {MAX_EXTENT} (2**31 - 1), got "
+                             f"{value!r}")
     return int(h), int(w)
 
 
 def _groups(groups):
     if isinstance(groups, bool) or not isinstance(groups, (int, np.integer)) or groups < 1:
         raise ValueError(f"groups: expected a positive integer, got {groups!r}")
+    if groups > MAX_EXTENT:
+        raise ValueError(f"groups: expected at most {MAX_EXTENT} (2**31 - 1), got {groups!r}")
     return int(groups)
 
 
@@ -116,6 +122,8 @@ def _conv_geometry(x_shape, w_shape, stride, padding, dilation, groups):
     KH, KW = w_shape[2], w_shape[3]
     H, W = x_shape[2], x_shape[3]
     eh, ew = dh * (KH - 1) + 1, dw * (KW - 1) + 1   # the dilated kernel's extent
+    check_extent("dilation", max(eh, ew), f" (the dilated kernel's extent, dilation "
+                 f"{dilation!r}, kernel {KH}x{KW})")
     if isinstance(padding, str):
         if padding == "valid":
             pads = (0, 0, 0, 0)
@@ -130,12 +138,16 @@ def _conv_geometry(x_shape, w_shape, stride, padding, dilation, groups):
         ph, pw = _pair("padding", padding, 0)
         pads = (ph, ph, pw, pw)
     pt, pb, pl, pr = pads
+    check_extent("padding", max(H + pt + pb, W + pl + pr), f" (the padded input, x "
+                 f"{tuple(x_shape)}, padding {padding!r})")
     if H + pt + pb < eh or W + pl + pr < ew:
         raise ValueError(f"w: the kernel {KH}x{KW} with dilation {(dh, dw)} spans {eh}x{ew}, "
                          f"larger than the padded input {H + pt + pb}x{W + pl + pr} "
                          f"(x {tuple(x_shape)}, padding {padding!r})")
     OH = (H + pt + pb - eh) // sh + 1
     OW = (W + pl + pr - ew) // sw + 1
+    check_numel("padding", (x_shape[0], w_shape[0], OH, OW), 8, f" (x {tuple(x_shape)}, "
+                f"w {tuple(w_shape)}, stride {stride!r}, padding {padding!r})")
     return _Geometry(sh, sw, pt, pl, dh, dw, groups), (OH, OW)
 
 
@@ -163,8 +175,16 @@ def _transpose_geometry(x_shape, w_shape, stride, padding, output_padding, dilat
         raise ValueError(f"output_padding: must be smaller than stride or dilation in each "
                          f"dimension, got output_padding={output_padding!r}, "
                          f"stride={stride!r}, dilation={dilation!r}")
+    check_extent("dilation", max(dh * (KH - 1), dw * (KW - 1)) + 1,
+                 f" (the dilated kernel's extent, dilation {dilation!r}, kernel {KH}x{KW})")
+    check_extent("stride", max((H - 1) * sh, (W - 1) * sw) + 1,
+                 f" (the strided input's extent, x {tuple(x_shape)}, stride {stride!r})")
     HO = (H - 1) * sh - 2 * ph + dh * (KH - 1) + oph + 1
     WO = (W - 1) * sw - 2 * pw + dw * (KW - 1) + opw + 1
+    # The output plus its cropped padding is the padded input of the underlying conv2d.
+    check_extent("output_padding", max(HO + 2 * ph, WO + 2 * pw),
+                 f" (the output before padding is cropped, x {tuple(x_shape)}, stride "
+                 f"{stride!r}, dilation {dilation!r}, output_padding {output_padding!r})")
     if HO < 1 or WO < 1:
         raise ValueError(f"padding: the output size would be {HO}x{WO} (x {tuple(x_shape)}, "
                          f"w {tuple(w_shape)}, stride {stride!r}, padding {padding!r}, "
@@ -179,13 +199,7 @@ def _check_grad_y(grad_y, expected):
 
 
 def _check_shape_arg(name, shape):
-    try:
-        shape = tuple(int(s) for s in shape)
-    except TypeError:
-        raise TypeError(f"{name}: expected a 4-tuple of ints, got {shape!r}") from None
-    if len(shape) != 4 or min(shape) < 0:
-        raise ValueError(f"{name}: expected 4 non-negative sizes, got {shape!r}")
-    return shape
+    return check_shape(name, shape, 4)
 
 
 def _check_algo(algo):
@@ -237,8 +251,51 @@ def _run_cpu(kernel, flops, uses_blas, *args):
         kernel(*args, n)
 
 
+# ---------------------------------------------------------------- outputs that see the input
+def _reach(n_out, size, pad, stride, extent):
+    """``[lo, hi)``: the output positions along one axis whose window may touch the input,
+    and the padding left before position ``lo`` (in ``[0, max(stride, extent))``)."""
+    # window of output o covers input positions o*stride - pad ... o*stride - pad + extent - 1
+    lo = min(max(0, -(-(pad - extent + 1) // stride)), pad // stride)
+    hi = max(lo, min(n_out, (size - 1 + pad) // stride + 1))
+    return lo, hi, pad - lo * stride
+
+
+def _crop(geo, x_hw, out_hw, k_hw):
+    """``(geometry, (lo_h, hi_h, lo_w, hi_w))`` of the outputs whose windows may touch the
+    input, or None when that is all of them.
+
+    Outside that block a conv2d's output is its bias and sends no gradient anywhere, so the
+    passes run on the block only: their padded buffers then scale with the input and the
+    kernel, not with the padding (padding=3000 on a 6x6 input needed 470 MB of them).
+    """
+    lo_h, hi_h, pt = _reach(out_hw[0], x_hw[0], geo.pt, geo.sh, geo.dh * (k_hw[0] - 1) + 1)
+    lo_w, hi_w, pl = _reach(out_hw[1], x_hw[1], geo.pl, geo.sw, geo.dw * (k_hw[1] - 1) + 1)
+    if (lo_h, hi_h, lo_w, hi_w) == (0, out_hw[0], 0, out_hw[1]):
+        return None
+    return geo._replace(pt=pt, pl=pl), (lo_h, hi_h, lo_w, hi_w)
+
+
 # ---------------------------------------------------------------- the three passes, validated
 def _forward(x, w, b, geo, out_hw, algo):
+    crop = _crop(geo, x.shape[2:], out_hw, w.shape[2:])
+    if crop is None:
+        return _forward_all(x, w, b, geo, out_hw, algo)
+    xp = array_module(device_of(x))
+    (lo_h, hi_h, lo_w, hi_w) = box = crop[1]
+    y = xp.zeros((x.shape[0], w.shape[0]) + tuple(out_hw), dtype=x.dtype)
+    if b is not None:
+        y += b.reshape(1, -1, 1, 1)
+    if hi_h > lo_h and hi_w > lo_w and y.size:
+        y[:, :, lo_h:hi_h, lo_w:hi_w] = _forward_all(x, w, b, crop[0], _box_hw(box), algo)
+    return y
+
+
+def _box_hw(box):
+    return box[1] - box[0], box[3] - box[2]
+
+
+def _forward_all(x, w, b, geo, out_hw, algo):
     device = device_of(x)
     xp = array_module(device)
     N, OC = x.shape[0], w.shape[0]
@@ -267,6 +324,14 @@ def _forward(x, w, b, geo, out_hw, algo):
 
 
 def _backward_input(grad_y, w, x_shape, geo, algo):
+    crop = _crop(geo, x_shape[2:], grad_y.shape[2:], w.shape[2:])
+    if crop is not None:
+        geo, box = crop
+        grad_y = grad_y[:, :, box[0]:box[1], box[2]:box[3]]
+    return _backward_input_all(grad_y, w, x_shape, geo, algo)
+
+
+def _backward_input_all(grad_y, w, x_shape, geo, algo):
     device = device_of(grad_y)
     xp = array_module(device)
     grad_x = xp.empty(x_shape, dtype=grad_y.dtype)
@@ -294,6 +359,14 @@ def _backward_input(grad_y, w, x_shape, geo, algo):
 
 
 def _backward_weight(grad_y, x, w_shape, geo, algo):
+    crop = _crop(geo, x.shape[2:], grad_y.shape[2:], w_shape[2:])
+    if crop is not None:
+        geo, box = crop
+        grad_y = grad_y[:, :, box[0]:box[1], box[2]:box[3]]
+    return _backward_weight_all(grad_y, x, w_shape, geo, algo)
+
+
+def _backward_weight_all(grad_y, x, w_shape, geo, algo):
     device = device_of(grad_y)
     xp = array_module(device)
     OC, Cg, KH, KW = w_shape

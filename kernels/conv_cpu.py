@@ -23,7 +23,8 @@ non-negative.
 
 Every output element is written by exactly one item, and an item's arithmetic depends on
 the shapes only (bands and chunks never on the thread count), so results are bitwise
-identical from run to run and for any number of threads.  The weight gradient sums
+identical from run to run, for any number of threads, and from any calling Python thread
+(the BLAS calls run single-threaded whichever thread enters them: see kernels.threads).  The weight gradient sums
 per-chunk partials in a fixed order, the chunks fixed by the batch size.
 """
 from __future__ import annotations

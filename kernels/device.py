@@ -253,20 +253,31 @@ def _warn_simulator():
         print(SIMULATOR_WARNING, file=sys.stderr, flush=True)
 
 
+def normalize_device(device):
+    """``"cpu"`` or ``"cuda"`` for the names torch users write: ``"cuda:0"`` (one GPU),
+    ``"CPU"``, or a ``torch.device``.  Other names are a ``ValueError``."""
+    name = str(device).strip().lower() if device is not None else device
+    if name == "cuda:0":
+        name = CUDA
+    if name not in (CPU, CUDA):
+        raise ValueError(f"device: expected 'cpu', 'cuda' or 'cuda:0', got {device!r}")
+    return name
+
+
 def _check_device_name(device):
-    if device not in (CPU, CUDA):
-        raise ValueError(f"device: expected 'cpu' or 'cuda', got {device!r}")
+    device = normalize_device(device)
     if device == CUDA:
         _warn_simulator()
     if device == CUDA and not cuda_available():
         raise ValueError("device: 'cuda' is not available here (no GPU with CuPy, and the "
                          "simulator is off; set NUMBA_ENABLE_CUDASIM=1 to use the simulator). "
                          f"Available: {devices()}")
+    return device
 
 
 def array_module(device):
     """``numpy`` for ``"cpu"``; ``cupy`` (or its simulated stand-in) for ``"cuda"``."""
-    _check_device_name(device)
+    device = _check_device_name(device)
     if device == CPU:
         return np
     return _SIM_XP if SIMULATOR else _cupy
@@ -274,7 +285,7 @@ def array_module(device):
 
 def to_device(a, device):
     """A copy of ``a`` on ``device`` (``a`` itself when it is already there)."""
-    _check_device_name(device)
+    device = _check_device_name(device)
     if _device_of_one(a) == device:
         return a
     host = to_host(a) if _device_of_one(a) is not None else np.asarray(a)

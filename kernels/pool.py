@@ -32,7 +32,7 @@ from __future__ import annotations
 import numpy as np
 from numba import cuda, int64, njit, prange, uint32
 
-from .checks import check_float, contiguous, pair
+from .checks import check_extent, check_float, check_shape, contiguous, pair
 from .device import array_module, device_of, dispatch
 
 __all__ = ["max_pool2d_forward", "max_pool2d_backward", "avg_pool2d_forward",
@@ -398,7 +398,7 @@ def _check_x_shape(x_shape):
         raise ValueError(f"x_shape: expected 4 non-negative ints (N, C, H, W), got {x_shape!r}")
     if x_shape[2] == 0 or x_shape[3] == 0:
         raise ValueError(f"x_shape: expected non-empty H and W, got {tuple(x_shape)}")
-    return tuple(int(d) for d in x_shape)
+    return check_shape("x_shape", x_shape)
 
 
 def _pool_geometry(x_shape, kernel_size, stride, padding):
@@ -410,6 +410,8 @@ def _pool_geometry(x_shape, kernel_size, stride, padding):
         raise ValueError(f"padding: expected at most half the kernel size, <= ({kh // 2}, "
                          f"{kw // 2}) for kernel_size ({kh}, {kw}), got ({ph}, {pw})")
     N, C, H, W = x_shape
+    check_extent("padding", max(H + 2 * ph, W + 2 * pw), f" (the padded input, input "
+                 f"{H}x{W}, padding ({ph}, {pw}))")
     if H + 2 * ph < kh or W + 2 * pw < kw:
         raise ValueError(f"kernel_size: the pooling window ({kh}, {kw}) is larger than the "
                          f"padded input ({H + 2 * ph}, {W + 2 * pw}) (input {H}x{W}, padding "

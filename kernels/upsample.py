@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from numba import cuda, prange
 
-from .checks import check_float, contiguous, pair
+from .checks import check_extent, check_float, contiguous, pair
 from .device import array_module, device_of, dispatch
 from .pool import _check_x, _cpu, _planes
 
@@ -91,6 +91,8 @@ def upsample_nearest2d_forward(x, scale_factor):
     xp = array_module(device)
     x = contiguous(xp, x)
     N, C, H, W = x.shape
+    check_extent("scale_factor", max(H * sh, W * sw), f" (x {tuple(x.shape)}, scale_factor "
+                 f"{scale_factor!r})")
     y = xp.empty((N, C, H * sh, W * sw), dtype=x.dtype)
     dispatch(device, _upsample_nearest2d_forward_cpu, _upsample_nearest2d_forward_cuda,
              y.size, _planes(y), _planes(x), sh, sw, work=y.size)

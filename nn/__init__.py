@@ -1,5 +1,6 @@
 """A torch.nn-style module system over the :mod:`kernels`, with hand-written backward passes."""
-from .module import BackwardError, Module, Parameter  # noqa: F401
+from .module import (BackwardError, Module, Parameter, UnusedContextWarning,  # noqa: F401
+                     as_array, enable_grad, is_grad_enabled, no_grad)
 from .gradcheck import GradcheckError, gradcheck, gradcheck_module  # noqa: F401
 from .activation import *  # noqa: F401,F403
 from .linear import *  # noqa: F401,F403

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import kernels as K
 
-from .module import Module
+from .module import Module, recently_saved
 
 __all__ = ["ReLU", "LeakyReLU", "ELU", "Tanh", "Sigmoid", "Softplus", "Step", "GELU",
            "Softmax", "LogSoftmax"]
@@ -33,8 +33,33 @@ class _Elementwise(Module):
 
 
 class ReLU(_Elementwise):
-    """max(x, 0)."""
+    """max(x, 0).
+
+    ``inplace=True`` (as in torch) writes the result into ``x`` and returns ``x`` itself,
+    saving one activation: the backward only needs ``x > 0``, which the result keeps.  Where
+    that is not safe, because a recent forward saved ``x`` for its backward (the output of
+    BatchNorm with ``affine=False``, say), it computes out of place instead.  Like torch's, it overwrites its input otherwise, so it must not take an array
+    that is still used elsewhere (such as a skip connection's input).
+    """
     _op = "relu"
+
+    def __init__(self, inplace=False):
+        super().__init__()
+        self.inplace = bool(inplace)
+
+    def forward(self, x):
+        if not self.inplace or recently_saved(x):
+            return super().forward(x)
+        y = K.relu_forward(x)  # validates x; the same numerics as out of place
+        if not getattr(getattr(x, "flags", None), "writeable", True):
+            raise ValueError("ReLU(inplace=True): x is read-only; use ReLU() or pass a "
+                             "writeable array")
+        x[...] = y
+        self.save_for_backward(x)
+        return x
+
+    def extra_repr(self):
+        return "inplace=True" if self.inplace else ""
 
 
 class LeakyReLU(_Elementwise):
@@ -119,8 +144,9 @@ class _AlongDim(Module):
         super().__init__()
         self.dim = -1 if dim is None else int(dim)
 
-    def _rows(self, a):
+    def _rows(self, a, name="x"):
         """``a`` with axis ``dim`` moved last, as a contiguous 2-D array of rows."""
+        K.checks.check_float(name, a)
         if a.ndim == 0 or not -a.ndim <= self.dim < a.ndim:
             raise ValueError(f"{type(self).__name__}: dim={self.dim} is out of range for an "
                              f"input of shape {tuple(a.shape)}")
@@ -139,7 +165,7 @@ class _AlongDim(Module):
 
     def backward(self, grad_y):
         y_rows = self.saved_tensors()
-        xp, moved_shape, g_rows = self._rows(grad_y)
+        xp, moved_shape, g_rows = self._rows(grad_y, "grad_y")
         if g_rows.shape != y_rows.shape:
             raise ValueError(f"{type(self).__name__}: grad_y has shape {tuple(grad_y.shape)}, "
                              f"which does not match the forward output")

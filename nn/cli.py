@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
-import json
+import math
 import os
 import sys
 import time
@@ -28,8 +28,9 @@ import kernels
 from kernels.threads import numba_threads
 
 from . import data as nn_data
-from .train import (CHECKPOINT_NAME, LEGACY_CHECKPOINT_NAME, TRAIN_FORMAT, NonFiniteLossError,
-                    Trainer, evaluate)
+from .train import (CHECKPOINT_NAME, LEGACY_CHECKPOINT_NAME, TRAIN_FORMAT, CheckpointStateError,
+                    NonFiniteLossError, RunFolderBusyError, RunLock, Trainer, evaluate, json_text,
+                    write_atomic)
 
 PROG = "python -m nn"
 MODELS = ("mlp", "lenet", "vgg", "resnet", "autoencoder")
@@ -44,6 +45,9 @@ TRAIN_DEFAULTS = {
     "schedule": "cosine", "patience": 8, "seed": 0, "val_fraction": 0.1,
     "test_fraction": 0.1,
 }
+# The largest sample (values per sample) a checkpoint's config may describe: far above any
+# data set this package trains on, far below what would exhaust memory when building a model.
+MAX_SAMPLE_SIZE = 1 << 24
 # Options a resumed run may change; everything else comes from the checkpoint's config.
 RESUME_MAY_CHANGE = ("epochs", "device", "out", "quiet", "threads", "distributed")
 
@@ -71,7 +75,7 @@ def _positive(kind):
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, got "
                                              f"{text!r}") from None
-        if not value > 0:
+        if not value > 0 or not math.isfinite(value):
             raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, got {text!r}")
         return value
     parse.__name__ = f"positive {kind.__name__}"
@@ -93,8 +97,18 @@ def _nonnegative_float(text):
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
-    if not value >= 0.0:
+    if not value >= 0.0 or not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    return value
+
+
+def _nonnegative_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
     return value
 
 
@@ -106,6 +120,91 @@ def _shape(text):
     if len(shape) not in (1, 3) or min(shape) <= 0:
         raise argparse.ArgumentTypeError(f"expected C,H,W (e.g. 1,28,28) or F, got {text!r}")
     return shape
+
+
+# A run config read back from a checkpoint is data, not trusted input: each field is checked
+# with the rule its command-line option has (the same parsing function, given the value's
+# text), after a type check, since JSON may hold a string or a list where a number belongs.
+def _choice(options):
+    def parse(text):
+        if text not in options:
+            raise argparse.ArgumentTypeError(f"expected one of {', '.join(options)}, got "
+                                             f"{text!r}")
+        return text
+    return parse
+
+
+def _config_rules():
+    return {
+        "model": (str, _choice(MODELS)), "device": (str, _choice(("cpu", "cuda"))),
+        "epochs": (int, _positive(int)), "batch_size": (int, _positive(int)),
+        "lr": (float, _positive(float)), "optimizer": (str, _choice(OPTIMIZERS)),
+        "momentum": (float, _fraction), "weight_decay": (float, _nonnegative_float),
+        "schedule": (str, _choice(SCHEDULES)), "patience": (int, _positive(int)),
+        "seed": (int, _nonnegative_int), "val_fraction": (float, _fraction),
+        "test_fraction": (float, _fraction), "dataset": (str, _dataset_name),
+    }
+
+
+def _dataset_name(text):
+    if not text or "\0" in text:
+        raise argparse.ArgumentTypeError(f"expected a data set name or a path, got {text!r}")
+    return text
+
+
+def validate_config(config, source):
+    """Check a run config read from ``source`` (a checkpoint) like the command line's
+    arguments; raises :class:`UserError` naming the first bad field."""
+    if not isinstance(config, dict):
+        raise UserError(f"{source}: the checkpoint's config is not a dict")
+
+    def bad(key, why):
+        raise UserError(f"{source}: config field {key!r}: {why}")
+
+    for key, (kind, parse) in _config_rules().items():
+        if key not in config:
+            bad(key, "missing")
+        value = config[key]
+        if key == "patience" and value is None:
+            continue
+        ok = (isinstance(value, str) if kind is str else
+              isinstance(value, int) and not isinstance(value, bool) if kind is int else
+              isinstance(value, (int, float)) and not isinstance(value, bool))
+        if not ok:
+            bad(key, f"expected {'a string' if kind is str else 'an ' + kind.__name__}, got "
+                     f"{value!r}"[:200])
+        try:
+            parse(value if kind is str else repr(value))
+        except argparse.ArgumentTypeError as exc:
+            bad(key, str(exc))
+    if config["val_fraction"] + config["test_fraction"] >= 1.0:
+        bad("val_fraction", "val_fraction + test_fraction must be below 1")
+    shape = config.get("sample_shape")
+    if shape is not None:
+        if (not isinstance(shape, list) or len(shape) not in (1, 3)
+                or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0
+                           for v in shape) or math.prod(shape) > MAX_SAMPLE_SIZE):
+            bad("sample_shape", f"expected [C, H, W] or [F] of positive ints, at most "
+                                f"{MAX_SAMPLE_SIZE} values in all, got {shape!r}"[:200])
+    classes = config.get("num_classes")
+    if classes is not None and (not isinstance(classes, int) or isinstance(classes, bool)
+                                or not 1 <= classes <= nn_data.MAX_CLASSES):
+        bad("num_classes", f"expected an integer in 1..{nn_data.MAX_CLASSES}, got {classes!r}")
+    norm = config.get("normalize")
+    if norm is not None:
+        try:
+            ok = (isinstance(norm, dict) and set(norm) == {"mean", "std"}
+                  and all(isinstance(norm[k], list) and norm[k] and all(
+                      isinstance(v, (int, float)) and not isinstance(v, bool)
+                      and math.isfinite(v) for v in norm[k]) for k in ("mean", "std"))
+                  and len(norm["mean"]) == len(norm["std"])
+                  and all(v > 0 for v in norm["std"]))
+        except TypeError:
+            ok = False
+        if not ok:
+            bad("normalize", f"expected {{'mean': [...], 'std': [...]}} of finite numbers, "
+                             f"std positive, got {norm!r}"[:200])
+    return config
 
 
 def _add_train(p):
@@ -136,7 +235,7 @@ def _add_train(p):
     p.add_argument("--patience", type=_positive(int), metavar="N",
                    help=f"stop after this many epochs without a better validation loss "
                         f"(default {d['patience']})")
-    p.add_argument("--seed", type=int, metavar="N",
+    p.add_argument("--seed", type=_nonnegative_int, metavar="N",
                    help=f"seeds the split, shuffling, initialisation and dropout (default "
                         f"{d['seed']})")
     p.add_argument("--out", metavar="DIR",
@@ -231,7 +330,9 @@ def build_optimizer(config, parameters):
         return optim.SGD(parameters, lr=lr, momentum=config["momentum"], weight_decay=wd)
     if name == "adam":
         return optim.Adam(parameters, lr=lr, weight_decay=wd)
-    return optim.AdamW(parameters, lr=lr, weight_decay=wd)
+    if name == "adamw":
+        return optim.AdamW(parameters, lr=lr, weight_decay=wd)
+    raise UserError(f"unknown optimizer {name!r}; choose from {', '.join(OPTIMIZERS)}")
 
 
 def build_scheduler(config, optimizer):
@@ -251,6 +352,8 @@ def build_scheduler(config, optimizer):
         return optim.ReduceLROnPlateau(optimizer, factor=0.5, patience=2)
     if name == "warmup":
         return optim.LinearLR(optimizer, start_factor=0.1, total_iters=warm)
+    if name != "warmup-cosine":
+        raise UserError(f"unknown schedule {name!r}; choose from {', '.join(SCHEDULES)}")
     return optim.SequentialLR(optimizer, [
         optim.LinearLR(optimizer, start_factor=0.1, total_iters=warm),
         optim.CosineAnnealingLR(optimizer, T_max=max(1, epochs - warm))], milestones=[warm])
@@ -323,6 +426,7 @@ def _load_checkpoint(path):
     if not isinstance(ckpt, dict) or ckpt.get("format") != TRAIN_FORMAT \
             or not isinstance(ckpt.get("config"), dict) or "model" not in ckpt:
         raise UserError(f"{path}: not a checkpoint written by '{PROG} train'")
+    validate_config(ckpt["config"], path)
     return ckpt
 
 
@@ -332,6 +436,32 @@ def _model_parameters(model):
 
 # ---------------------------------------------------------------------- train
 def run_train(args, out=None):
+    with contextlib.ExitStack() as held:   # the run folder's lock, released on any exit
+        return _run_train(args, out, held)
+
+
+def _claim_run_dir(run_dir, resume_path, held):
+    """Lock ``run_dir`` for this run and refuse it when it holds another run's checkpoint.
+
+    Two trainings given the same ``--out`` overwrote each other without a word; now the
+    second finds the lock (a run in progress) or the first one's checkpoint (a finished or
+    killed run), and only ``--resume`` naming that checkpoint may continue in the folder.
+    """
+    os.makedirs(run_dir, exist_ok=True)
+    held.enter_context(RunLock(run_dir))
+    for name in (CHECKPOINT_NAME, LEGACY_CHECKPOINT_NAME):
+        existing = os.path.join(run_dir, name)
+        if not os.path.lexists(existing):
+            continue
+        named = (resume_path is not None and os.path.exists(existing)
+                 and os.path.samefile(existing, resume_path))
+        if not named:
+            raise UserError(f"{run_dir} already holds another run's checkpoint: continue it "
+                            f"with --resume {run_dir}, or choose another --out")
+        break
+
+
+def _run_train(args, out, held):
     out = out or sys.stdout
     start = time.perf_counter()
     given = {k: v for k, v in vars(args).items() if v is not None and v is not False}
@@ -361,6 +491,8 @@ def run_train(args, out=None):
                          else "mpi")
     is_main = comm is None or comm.is_main
     quiet = bool(args.quiet) or not is_main
+    if is_main:
+        _claim_run_dir(run_dir, path if resume is not None else None, held)
 
     def say(*parts):
         if not quiet:
@@ -383,7 +515,8 @@ def run_train(args, out=None):
     if comm is not None:  # every rank: its share of each global batch, and of validation
         train_loader = dist.ShardedLoader(train_loader, comm)
         val_loader = loader(dist.shard_dataset(val, comm), False)
-        trained = dist.DataParallel(model, comm)
+        # the config too: ranks with other seeds or batch sizes are refused, not trained
+        trained = dist.DataParallel(model, comm, config=config)
 
     if is_main:
         os.makedirs(run_dir, exist_ok=True)
@@ -405,7 +538,8 @@ def run_train(args, out=None):
     if not is_main:  # rank 0 holds the same weights and does the rest
         return 0
 
-    result = evaluate(model, loader(test, False), loss_fn, task, config.get("num_classes"))
+    with np.errstate(all="ignore"):   # a diverged model's test loss is reported, not warned
+        result = evaluate(model, loader(test, False), loss_fn, task, config.get("num_classes"))
     _write_json(os.path.join(run_dir, "test.json"), _jsonable(result, trainer.best_epoch))
     if task == "classification":
         correct = int(np.trace(result["confusion"]))
@@ -431,11 +565,9 @@ def _jsonable(result, best_epoch):
 
 
 def _write_json(path, obj):
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
-        f.write("\n")
-    os.replace(tmp, path)
+    # Strict JSON (no bare NaN), through an unpredictable temporary file that never follows
+    # a planted symlink (nn.train.write_atomic).
+    write_atomic(path, json_text(obj))
 
 
 def write_plots(run_dir, history, model, config, test, result, say):
@@ -492,17 +624,26 @@ def run_evaluate(args, out=None):
     config = dict(ckpt["config"])
     config["device"] = args.device
     _check_device(args.device)
-    train, val, test = prepare_data(config)
+    try:  # the path in the config is checked like a --dataset path, by the same loaders
+        train, val, test = prepare_data(config)
+    except nn_data.DataError as exc:
+        raise UserError(f"{path}: the data set its config names: {exc}") from None
     split = {"train": train, "val": val, "test": test}[args.split]
     task = task_of(config["model"])
     model = build_model(config["model"], config["sample_shape"], config["num_classes"])
-    weights = ckpt.get("best_model") or ckpt["model"]
-    model.load_state_dict(weights)
+    best = ckpt.get("best_model")
+    weights = best if isinstance(best, dict) and best else ckpt["model"]
+    try:
+        model.load_state_dict(weights)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise UserError(f"{path}: the checkpoint's weights do not fit its config: "
+                        f"{exc}") from None
     model.to(args.device)
     loader = nn_data.DataLoader(split, batch_size=args.batch_size, device=args.device)
     result = evaluate(model, loader, build_loss(task), task, config["num_classes"])
-    which = "best" if ckpt.get("best_model") else "last"
-    epoch = (ckpt.get("early_stopping") or {}).get("best_epoch") if which == "best" \
+    which = "best" if weights is best else "last"
+    stop = ckpt.get("early_stopping")
+    epoch = (stop.get("best_epoch") if isinstance(stop, dict) else None) if which == "best" \
         else ckpt.get("epoch")
     print(f"checkpoint: {path} ({config['model']} on {config['dataset']}, {which} weights, "
           f"epoch {epoch})", file=out)
@@ -629,7 +770,13 @@ def make_parser():
 
 
 def _user_errors():
-    errors = [UserError, nn_data.DataError, NonFiniteLossError, OSError]
+    errors = [UserError, nn_data.DataError, NonFiniteLossError, OSError, RunFolderBusyError,
+              CheckpointStateError]
+    try:
+        from .distributed import RanksDisagreeError
+        errors.append(RanksDisagreeError)
+    except ImportError:
+        pass
     try:
         from .checkpoint import CheckpointError
         errors.append(CheckpointError)
@@ -659,6 +806,8 @@ def main(argv=None):
               f"kept; continue with --resume)", file=sys.stderr)
         return 130
     except _user_errors() as exc:
+        if getattr(exc, "quiet", False):   # said once, by rank 0, not once per rank
+            return 1
         message = str(exc).strip().splitlines()
         print(f"{PROG} {args.command}: error: {message[0] if message else type(exc).__name__}",
               file=sys.stderr)

@@ -5,8 +5,10 @@ Residual(block, shortcut):   y = block(x) + shortcut(x)  (shortcut None: the ide
                              grad_x = block.backward(grad_y) + shortcut.backward(grad_y)
 Concat(b0, b1, ..., dim=1):  y = cat([b0(x), b1(x), ...], dim)
                              grad_x = sum_i b_i.backward(slice_i(grad_y))
+Add(b0, b1, ...):            y = b0(x) + b1(x) + ...   (an Identity() branch is a skip)
+                             grad_x = sum_i b_i.backward(grad_y)
 
-Residual and Concat both fan one input out to several branches, so the input gradient is
+Residual, Concat and Add all fan one input out to several branches, so the input gradient is
 the sum of the branches' input gradients.  Concat is the U-Net skip: with
 ``Concat(Sequential(down..., up...), Identity())`` on an encoder feature map, the decoder
 sees ``[upsampled, skip]`` along the channels and the skip's share of the gradient returns to
@@ -21,7 +23,7 @@ import kernels as K
 
 from .module import Module
 
-__all__ = ["Sequential", "ModuleList", "Residual", "Concat"]
+__all__ = ["Sequential", "ModuleList", "Residual", "Concat", "Add"]
 
 
 def _check_module(m, where):
@@ -109,10 +111,11 @@ class Residual(Module):
 
     def backward(self, grad_y):
         self.saved_tensors()
-        grad_x = self.block.backward(grad_y)
         if self.shortcut is None:
-            return grad_x + grad_y
-        return grad_x + self.shortcut.backward(grad_y)
+            return self.block.backward(grad_y) + grad_y
+        # Reverse of the forward's order: a module shared by both pops its latest context first.
+        grad_shortcut = self.shortcut.backward(grad_y)
+        return self.block.backward(grad_y) + grad_shortcut
 
 
 class Concat(Module):
@@ -147,14 +150,58 @@ class Concat(Module):
 
     def backward(self, grad_y):
         dim, sizes = self.saved_tensors()
-        grad_x = None
-        start = 0
-        for b, size in zip(self._modules.values(), sizes):
-            index = (slice(None),) * dim + (slice(start, start + size),)
-            start += size
-            g = b.backward(grad_y[index])
-            grad_x = g if grad_x is None else grad_x + g
-        return grad_x
+        grads = []
+        stop = grad_y.shape[dim]
+        # Reverse of the forward's order: a module shared by branches pops its latest first.
+        for b, size in zip(reversed(self._modules.values()), reversed(sizes)):
+            index = (slice(None),) * dim + (slice(stop - size, stop),)
+            stop -= size
+            grads.append(b.backward(grad_y[index]))
+        return _sum(grads)
 
     def extra_repr(self):
         return f"dim={self.dim}"
+
+
+class Add(Module):
+    """Sum of the branches' outputs, each branch fed the same input; gradients fan back in.
+
+    ``Add(block, nn.Identity())`` is a residual connection; ``Add(conv3x3, conv1x1,
+    nn.Identity())`` is a multi-branch block (Inception/RepVGG style).  Every branch must
+    give the same shape.
+    """
+
+    def __init__(self, *branches):
+        super().__init__()
+        if not branches:
+            raise ValueError("Add: give at least one branch")
+        for i, b in enumerate(branches):
+            self.add_module(str(i), _check_module(b, f"Add: branch {i}"))
+
+    def __len__(self):
+        return len(self._modules)
+
+    def __getitem__(self, index):
+        return list(self._modules.values())[index]
+
+    def forward(self, x):
+        outs = [b(x) for b in self._modules.values()]
+        for i, o in enumerate(outs[1:], 1):
+            if o.shape != outs[0].shape:
+                raise ValueError(f"Add: branch {i} output {tuple(o.shape)} does not match "
+                                 f"branch 0 output {tuple(outs[0].shape)}")
+        self.save_for_backward(True)
+        return _sum(outs)
+
+    def backward(self, grad_y):
+        self.saved_tensors()
+        # Reverse order: a module shared by two branches pops its latest context first.
+        return _sum([b.backward(grad_y) for b in reversed(self._modules.values())])
+
+
+def _sum(arrays):
+    """The sum, in a new array once there are two terms (the first may be an input)."""
+    total = arrays[0] + arrays[1] if len(arrays) > 1 else arrays[0]
+    for a in arrays[2:]:
+        total += a
+    return total

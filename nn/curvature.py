@@ -29,6 +29,8 @@ import numpy as np
 
 from kernels import to_device, to_host
 
+from .module import enable_grad, no_grad
+
 __all__ = ["Objective", "flat_params", "set_flat_params", "flat_grads", "hvp", "hessian",
            "EigenResult", "top_eigenvalues", "smallest_eigenvalue", "TraceEstimate",
            "hutchinson_trace", "directional_curvature", "max_stable_lr"]
@@ -153,7 +155,8 @@ class Objective:
                     p.grad = None
                 total = 0.0
                 for xb, yb, weight in chunks:
-                    loss = loss_fn(model(xb), yb)
+                    with enable_grad() if need_grad else no_grad():  # loss alone: keep nothing
+                        loss = loss_fn(model(xb), yb)
                     total += weight * float(loss)
                     if need_grad:
                         model.backward(loss_fn.backward() * weight)

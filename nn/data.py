@@ -18,17 +18,27 @@
 from __future__ import annotations
 
 import gzip
+import math
+import numbers
 import os
+import stat
 import struct
+import zipfile
 import zlib
 
 import numpy as np
 
 import kernels
 
-__all__ = ["DataError", "ArrayDataset", "DataLoader", "split", "Normalize", "digits", "blobs",
+__all__ = ["DataError", "MAX_CLASSES", "ArrayDataset", "DataLoader", "split", "Normalize",
+           "digits", "blobs",
            "xor", "gaussian_images", "read_idx", "load_idx", "load_mnist", "load_npz",
            "load_dataset", "DATASETS"]
+
+
+# Class labels are indices below this: far more classes than any data set here, while a
+# confusion matrix of that size (800 MB of int64) still fits in memory.
+MAX_CLASSES = 10_000
 
 
 class DataError(ValueError):
@@ -75,7 +85,9 @@ class ArrayDataset:
 
 
 class DataLoader:
-    """Mini-batches ``(x, y)`` of an :class:`ArrayDataset`, moved to ``device``.
+    """Mini-batches ``(x, y)`` of an :class:`ArrayDataset` (or of a tuple ``(x, y)`` of
+    arrays, NumPy or anything ``np.asarray`` reads, torch CPU tensors included), moved to
+    ``device`` (``"cpu"``, ``"cuda"`` or ``"cuda:0"``).
 
     ``shuffle`` draws one permutation per pass from ``generator`` (a NumPy ``Generator``;
     made from ``seed`` when not given).  ``drop_last`` skips a final short batch.  ``dtype``
@@ -92,7 +104,16 @@ class DataLoader:
         if generator is not None and not isinstance(generator, np.random.Generator):
             raise TypeError(f"generator: expected a numpy.random.Generator, got "
                             f"{type(generator).__name__}")
+        device = kernels.device.normalize_device(device)
         kernels.array_module(device)  # fails early, naming the device, when it is not there
+        if isinstance(dataset, tuple):
+            if len(dataset) != 2:
+                raise ValueError(f"dataset: a tuple must be (x, y), got {len(dataset)} items")
+            dataset = ArrayDataset(*(_host_array(a, name)
+                                     for a, name in zip(dataset, ("x", "y"))))
+        elif not (hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__")):
+            raise TypeError(f"dataset: expected an ArrayDataset or a tuple (x, y) of arrays, "
+                            f"got {type(dataset).__name__}")
         self.dataset = dataset
         self.batch_size = int(batch_size)
         self.shuffle = bool(shuffle)
@@ -125,6 +146,16 @@ class DataLoader:
                 f"shuffle={self.shuffle}, drop_last={self.drop_last}, device={self.device!r})")
 
 
+def _host_array(a, name):
+    """``a`` as a host NumPy array; a torch tensor without a copy (``detach`` shares it)."""
+    if type(a).__module__.split(".")[0] == "torch":
+        if str(a.device) != "cpu":
+            raise TypeError(f"{name}: a torch tensor on {str(a.device)!r}; pass "
+                            f"{name}.cpu(): the loader keeps data on the host")
+        return np.from_dlpack(a.detach())
+    return kernels.to_host(a) if kernels.device._device_of_one(a) is not None else np.asarray(a)
+
+
 def split(dataset, fractions=(0.8, 0.1, 0.1), seed=0):
     """Random disjoint parts of ``dataset`` with the given fractions (summing to 1) or sizes.
 
@@ -141,6 +172,9 @@ def split(dataset, fractions=(0.8, 0.1, 0.1), seed=0):
             raise ValueError(f"split: sizes {sizes} must be non-negative and sum to the data "
                              f"set's length {n}")
     else:
+        if not all(isinstance(f, numbers.Real) and not isinstance(f, bool) and math.isfinite(f)
+                   for f in fractions):
+            raise ValueError(f"split: fractions must be finite numbers, got {fractions}")
         if any(f < 0 for f in fractions) or abs(sum(fractions) - 1.0) > 1e-6:
             raise ValueError(f"split: fractions {fractions} must be non-negative and sum to 1")
         sizes = [int(np.floor(f * n)) for f in fractions]
@@ -273,52 +307,131 @@ def gaussian_images(n=1000, num_classes=4, channels=1, size=8, noise=0.25, seed=
 _IDX_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
-def _read_bytes(path):
+# Untrusted files are read with bounded memory: a header is read and checked before the data
+# it describes, data streams are read into an array of exactly the size the header implies
+# (pages fill only as bytes arrive) and reading stops there, so a small compressed file that
+# inflates to gigabytes, or a header that overstates its data, is refused without holding
+# more than the legitimate data.  Only regular files are opened: a FIFO would block forever
+# and /dev/zero never ends.
+_CHUNK = 1 << 20
+
+
+def _open_regular(path):
+    """A binary file object for the regular file ``path`` (symlinks to regular files are
+    fine), or :class:`DataError` for a missing file, a folder, a device, a FIFO, a socket."""
     path = os.fspath(path)
-    if not os.path.exists(path):
-        raise DataError(f"{path}: file not found")
-    if os.path.isdir(path):
-        raise DataError(f"{path}: is a folder, expected a file")
     try:
-        with open(path, "rb") as f:
-            data = f.read()
-        if data[:2] == b"\x1f\x8b":  # gzip magic, whatever the file is called
-            data = gzip.decompress(data)
-        elif path.endswith(".gz"):
-            raise DataError(f"{path}: named .gz but is not gzip-compressed")
-    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
-        raise DataError(f"{path}: corrupt or truncated gzip data ({exc})") from None
+        # O_NONBLOCK: opening a FIFO must not wait for a writer before it can be refused.
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise DataError(f"{path}: is a folder, expected a file") from None
     except OSError as exc:
         raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    return data
+    try:
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise DataError(f"{path}: is a folder, expected a file")
+        if not stat.S_ISREG(info.st_mode):
+            raise DataError(f"{path}: not a regular file (a device, FIFO or socket); data "
+                            f"files must be regular files")
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
-def read_idx(path):
-    """The array stored in an IDX file (plain or gzip), checked against its header."""
-    data = _read_bytes(path)
+def _read_exact(stream, dtype, shape, path, what):
+    """An array of ``shape``/``dtype`` read from ``stream``, which must hold exactly that
+    many bytes more; raises DataError for a short or a long stream."""
+    count = math.prod(shape)
+    nbytes = count * dtype.itemsize
+    try:
+        out = np.empty(count, dtype=dtype)
+    except (MemoryError, ValueError):
+        raise DataError(f"{path}: {what}: the header announces {shape} values of "
+                        f"{dtype.str} ({nbytes} bytes), more than this machine can hold") from None
+    view = memoryview(out.view(np.uint8).reshape(-1))
+    done = 0
+    try:
+        while done < nbytes:
+            n = stream.readinto(view[done:done + _CHUNK])
+            if not n:
+                raise DataError(f"{path}: {what} truncated: the header says {shape} values of "
+                                f"{dtype.str} ({nbytes} bytes), the data ends after {done} bytes")
+            done += n
+        if stream.read(1):
+            raise DataError(f"{path}: {what} has trailing bytes after the {shape} values of "
+                            f"{dtype.str} ({nbytes} bytes) its header announces")
+    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
+        raise DataError(f"{path}: corrupt or truncated gzip data ({exc})") from None
+    return out.reshape(shape)
+
+
+def _check_size(size, dtype, shape, path, what):
+    """``size`` bytes of data (known from the file system or the archive's directory) must
+    be what the header announces; checked before anything is allocated or read."""
+    nbytes = math.prod(shape) * dtype.itemsize
+    if size != nbytes:
+        state = "truncated" if size < nbytes else "has trailing bytes"
+        raise DataError(f"{path}: {what} {state}: the header says {shape} values of "
+                        f"{dtype.str} ({nbytes} bytes), there are {size} bytes")
+
+
+def _idx_stream(f, path):
+    """The file's IDX byte stream: decompressed on the fly when it is gzip (by its magic)."""
+    magic = f.read(2)
+    f.seek(0)
+    if magic == b"\x1f\x8b":  # gzip magic, whatever the file is called
+        return gzip.GzipFile(fileobj=f, mode="rb")
+    if path.endswith(".gz"):
+        raise DataError(f"{path}: named .gz but is not gzip-compressed")
+    return f
+
+
+def read_idx(path, count=None):
+    """The array stored in an IDX file (plain or gzip), checked against its header.
+
+    ``count``: the number of items (the first dimension) the caller expects; a header
+    announcing another number is refused before any data is read.
+    """
     path = os.fspath(path)
-    if len(data) < 4:
-        raise DataError(f"{path}: not an IDX file: {len(data)} bytes, shorter than the "
-                        f"4-byte magic number")
-    magic = struct.unpack(">I", data[:4])[0]
-    code, ndim = data[2], data[3]
-    if data[:2] != b"\0\0" or code not in _IDX_TYPES or ndim == 0:
-        raise DataError(f"{path}: bad IDX magic number 0x{magic:08X} (expected 0x0000TTDD: "
-                        f"type TT in 08 09 0B 0C 0D 0E, DD >= 1 dimensions; MNIST images are "
-                        f"0x00000803, labels 0x00000801)")
-    header = 4 + 4 * ndim
-    if len(data) < header:
-        raise DataError(f"{path}: truncated IDX header: {ndim} dimensions need {header} "
-                        f"bytes, the file has {len(data)}")
-    dims = struct.unpack(f">{ndim}I", data[4:header])
-    dtype = np.dtype(_IDX_TYPES[code])
-    expected = header + int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
-    if len(data) != expected:
-        what = "truncated" if len(data) < expected else "has trailing bytes"
-        raise DataError(f"{path}: {what}: the header says {dims} values of {dtype.str} "
-                        f"({expected} bytes with the header), the file has {len(data)} bytes")
-    array = np.frombuffer(data, dtype=dtype, offset=header).reshape(dims)
-    return array.astype(dtype.newbyteorder("="))
+    with _open_regular(path) as f:
+        stream = _idx_stream(f, path)
+        try:
+            head = stream.read(4)
+            if len(head) < 4:
+                raise DataError(f"{path}: not an IDX file: {len(head)} bytes, shorter than the "
+                                f"4-byte magic number")
+            magic = struct.unpack(">I", head)[0]
+            code, ndim = head[2], head[3]
+            if head[:2] != b"\0\0" or code not in _IDX_TYPES or ndim == 0:
+                raise DataError(f"{path}: bad IDX magic number 0x{magic:08X} (expected "
+                                f"0x0000TTDD: type TT in 08 09 0B 0C 0D 0E, DD >= 1 dimensions; "
+                                f"MNIST images are 0x00000803, labels 0x00000801)")
+            raw = stream.read(4 * ndim)
+            if len(raw) < 4 * ndim:
+                raise DataError(f"{path}: truncated IDX header: {ndim} dimensions need "
+                                f"{4 + 4 * ndim} bytes, the file has {4 + len(raw)}")
+            dims = struct.unpack(f">{ndim}I", raw)
+            if count is not None and dims[0] != count:
+                raise DataError(f"{path}: {dims[0]} samples but {count} labels (from the "
+                                f"headers, before reading any data)")
+            dtype = np.dtype(_IDX_TYPES[code])
+            if stream is f:   # uncompressed: the file's size must match before any allocation
+                _check_size(os.fstat(f.fileno()).st_size - 4 - 4 * ndim, dtype, dims, path,
+                            "IDX data")
+            array = _read_exact(stream, dtype, dims, path, "IDX data")
+        except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
+            raise DataError(f"{path}: corrupt or truncated gzip data ({exc})") from None
+        except OSError as exc:
+            raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    if not dtype.isnative:   # big-endian on disk: swap in place rather than copy
+        array = array.byteswap(inplace=True).view(dtype.newbyteorder("="))
+    return array
 
 
 def _as_images(x, source):
@@ -328,11 +441,20 @@ def _as_images(x, source):
     if x.ndim not in (2, 4):
         raise DataError(f"{source}: expected samples of shape (N, H, W), (N, C, H, W) or "
                         f"(N, F), got {x.shape}")
+    if x.size == 0:
+        raise DataError(f"{source}: no data: the samples have shape {x.shape}")
     if x.dtype == np.uint8:  # 8-bit pixels, as in MNIST
         return (x / np.float32(255.0)).astype(np.float32)
     if x.dtype.kind not in "fiu":
         raise DataError(f"{source}: expected numeric samples, got dtype {x.dtype}")
-    return x.astype(np.float32)
+    with np.errstate(over="ignore"):   # too large for float32 shows as inf, refused below
+        x = x.astype(np.float32)
+    finite = np.isfinite(x)
+    if not finite.all():
+        first = np.unravel_index(np.argmin(finite), x.shape)
+        raise DataError(f"{source}: samples must be finite (in float32), found {x[first]} at "
+                        f"index {tuple(int(i) for i in first)}")
+    return x
 
 
 def _as_labels(y, n, source):
@@ -341,21 +463,30 @@ def _as_labels(y, n, source):
                         f"{y.shape}")
     if len(y) != n:
         raise DataError(f"{source}: {n} samples but {len(y)} labels")
-    if len(y) and y.min() < 0:
-        raise DataError(f"{source}: labels must be non-negative, found {y.min()}")
+    if len(y) == 0:
+        raise DataError(f"{source}: no data: no labels (an empty data set)")
+    # checked in the labels' own dtype: a uint64 label above 2**63 would wrap negative in
+    # int64, and a label of 2**40 would size a confusion matrix of 2**80 cells
+    low, high = y.min(), y.max()
+    if low < 0:
+        raise DataError(f"{source}: labels must be non-negative, found {low}")
+    if high >= MAX_CLASSES:
+        raise DataError(f"{source}: labels must be below {MAX_CLASSES} (class indices), found "
+                        f"{high}")
     return y.astype(np.int64)
 
 
 def load_idx(images_path, labels_path):
     """An :class:`ArrayDataset` from an IDX images file (N, H, W) and labels file (N,)."""
-    x = read_idx(images_path)
+    # labels first: their count bounds what the images file may announce
     y = read_idx(labels_path)
-    if x.ndim not in (3, 4):
-        raise DataError(f"{images_path}: expected an images file with 3 dimensions (N, H, W), "
-                        f"got {x.ndim} dimensions {x.shape}")
     if y.ndim != 1:
         raise DataError(f"{labels_path}: expected a labels file with 1 dimension (N,), got "
                         f"{y.ndim} dimensions {y.shape}")
+    x = read_idx(images_path, count=len(y))
+    if x.ndim not in (3, 4):
+        raise DataError(f"{images_path}: expected an images file with 3 dimensions (N, H, W), "
+                        f"got {x.ndim} dimensions {x.shape}")
     source = f"{images_path} and {labels_path}"
     return ArrayDataset(_as_images(x, images_path), _as_labels(y, len(x), source))
 
@@ -402,38 +533,99 @@ def load_mnist(path):
     return load_idx(path, labels), None
 
 
+def _npy_header(zf, name, path):
+    """``(shape, dtype, fortran_order, stream)`` of member ``name`` of an .npz, the stream
+    positioned at the data: only the ``.npy`` header has been read."""
+    key = f"{path} [{name[:-4]}]"
+    info = zf.getinfo(name)
+    stream = zf.open(info)
+    try:
+        version = np.lib.format.read_magic(stream)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(stream)
+        elif version in ((2, 0), (3, 0)):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(stream)
+        else:
+            raise ValueError(f"unsupported .npy version {version}")
+    except (ValueError, EOFError, OSError, zlib.error) as exc:
+        stream.close()
+        raise DataError(f"{key}: not a readable .npy array ({exc})") from None
+    if dtype.hasobject or dtype.fields is not None or dtype.subdtype is not None:
+        stream.close()
+        raise DataError(f"{key}: holds Python objects or records (dtype {dtype}); expected a "
+                        f"plain numeric array")
+    shape = tuple(int(d) for d in shape)
+    try:   # the archive's directory gives the member's size: compare it to the header first
+        _check_size(info.file_size - stream.tell(), dtype, shape, path,
+                    f"array {name[:-4]!r}")
+    except DataError:
+        stream.close()
+        raise
+    return shape, dtype, fortran, stream
+
+
+def _npy_data(header, path, name):
+    shape, dtype, fortran, stream = header
+    with stream:
+        a = _read_exact(stream, dtype, shape[::-1] if fortran else shape, path,
+                        f"array {name[:-4]!r}")
+    return a.T if fortran else a
+
+
 def load_npz(path):
     """``(train, test)`` from an ``.npz`` with ``x``, ``y`` and optionally ``x_test``, ``y_test``.
 
-    Read with ``allow_pickle=False``: a file holding Python objects is refused.
+    Nothing is unpickled.  Each array's ``.npy`` header (shape, dtype) is read and checked
+    before its data (``x`` and ``y`` must agree on the sample count), and each member is read
+    only up to the size its header implies, so a small archive that inflates to gigabytes is
+    refused without holding them.
     """
     path = os.fspath(path)
-    if not os.path.exists(path):
-        raise DataError(f"{path}: file not found")
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            arrays = {k: f[k] for k in f.files}
-    except ValueError as exc:
-        raise DataError(f"{path}: holds Python objects or is malformed ({exc})") from None
-    except (OSError, EOFError, zlib.error) as exc:
-        raise DataError(f"{path}: not a readable .npz file ({exc})") from None
-    except Exception as exc:  # zipfile.BadZipFile and friends from a corrupt archive
-        raise DataError(f"{path}: corrupt .npz archive ({type(exc).__name__}: {exc})") from None
-    if "x" not in arrays or "y" not in arrays:
-        raise DataError(f"{path}: expected arrays named 'x' and 'y', found "
-                        f"{sorted(arrays) or 'none'}")
-    sets = []
-    for xk, yk in (("x", "y"), ("x_test", "y_test")):
-        if xk not in arrays and yk not in arrays:
-            sets.append(None)
-            continue
-        if xk not in arrays or yk not in arrays:
-            raise DataError(f"{path}: has {xk if xk in arrays else yk!r} without "
-                            f"{yk if xk in arrays else xk!r}")
-        x = _as_images(arrays[xk], f"{path} [{xk}]")
-        y = _as_labels(arrays[yk], len(x), f"{path} [{yk}]")
-        sets.append(ArrayDataset(x, y))
+    with _open_regular(path) as f:
+        try:
+            zf = zipfile.ZipFile(f)
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+            raise DataError(f"{path}: not a readable .npz file ({exc})") from None
+        with zf:
+            members = {n[:-4]: n for n in zf.namelist() if n.endswith(".npy")}
+            if "x" not in members or "y" not in members:
+                raise DataError(f"{path}: expected arrays named 'x' and 'y', found "
+                                f"{sorted(members) or 'none'}")
+            sets = []
+            for xk, yk in (("x", "y"), ("x_test", "y_test")):
+                if xk not in members and yk not in members:
+                    sets.append(None)
+                    continue
+                if xk not in members or yk not in members:
+                    raise DataError(f"{path}: has {xk if xk in members else yk!r} without "
+                                    f"{yk if xk in members else xk!r}")
+                try:
+                    sets.append(_npz_pair(zf, members[xk], members[yk], path))
+                except (zipfile.BadZipFile, zlib.error, EOFError, OSError,
+                        NotImplementedError, RuntimeError) as exc:
+                    raise DataError(f"{path}: corrupt .npz archive ({type(exc).__name__}: "
+                                    f"{exc})") from None
     return sets[0], sets[1]
+
+
+def _npz_pair(zf, xname, yname, path):
+    yh = _npy_header(zf, yname, path)
+    y_source = f"{path} [{yname[:-4]}]"
+    if len(yh[0]) != 1 or yh[1].kind not in "iu":
+        yh[3].close()
+        raise DataError(f"{y_source}: expected integer labels of shape (N,), got {yh[1]} "
+                        f"{yh[0]}")
+    xh = _npy_header(zf, xname, path)
+    x_source = f"{path} [{xname[:-4]}]"
+    if len(xh[0]) == 0 or xh[0][0] != yh[0][0]:
+        xh[3].close()
+        yh[3].close()
+        raise DataError(f"{x_source}: {xh[0][0] if xh[0] else 0} samples but "
+                        f"{yh[0][0]} labels in {y_source}")
+    y = _npy_data(yh, path, yname)
+    labels = _as_labels(y, len(y), y_source)
+    x = _as_images(_npy_data(xh, path, xname), x_source)
+    return ArrayDataset(x, labels)
 
 
 DATASETS = ("digits", "synthetic")

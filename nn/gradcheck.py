@@ -18,6 +18,8 @@ import numpy as np
 
 from kernels import device_of, to_device, to_host
 
+from .module import no_grad
+
 
 class GradcheckError(AssertionError):
     """A backward pass disagrees with finite differences; the message names the tensor."""
@@ -82,8 +84,9 @@ def gradcheck(forward, backward, inputs, *, wrt=None, eps=1e-5, tol=1e-6, floor=
               seed=0, raise_on_failure=True):
     """Check ``backward`` against central differences of ``forward``.
 
-    ``forward(*inputs)`` returns an array (or a scalar); ``backward(grad_y, *inputs)``
-    returns one gradient per input (a tuple, or a single array when there is one input),
+    ``forward(*inputs)`` returns an array (or a scalar), and runs under :class:`nn.no_grad`
+    (modules keep nothing); ``backward(grad_y, *inputs)`` runs its own forward if it needs
+    one, and returns one gradient per input (a tuple, or a single array when there is one input),
     ``None`` for inputs that have no gradient.  ``inputs`` is a dict ``name -> array``
     (or a list, named ``input 0``...); float64 arrays give meaningful results.  ``wrt``
     restricts the check to some names.  Returns a :class:`GradcheckReport`; raises
@@ -98,7 +101,8 @@ def gradcheck(forward, backward, inputs, *, wrt=None, eps=1e-5, tol=1e-6, floor=
 
     def run(values):
         dev = [to_device(v, device) if isinstance(v, np.ndarray) else v for v in values]
-        out = forward(*dev)
+        with no_grad():  # these forwards get no backward: a module must not keep them
+            out = forward(*dev)
         # A copy: the output may be a view of the input (Identity, Flatten), which the
         # perturbation loop changes in place.
         return (np.array(to_host(out), copy=True) if hasattr(out, "dtype")
@@ -158,7 +162,8 @@ def gradcheck_module(module, x, *, eps=1e-5, tol=1e-6, floor=1e-8, seed=0,
     params = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
 
     def out():
-        y = module.forward(to_device(x_host, device))
+        with no_grad():  # no backward follows: keep no context
+            y = module(to_device(x_host, device))
         return np.array(to_host(y), copy=True)  # y may be a view of x (Identity, Flatten)
 
     y = out()
@@ -166,7 +171,7 @@ def gradcheck_module(module, x, *, eps=1e-5, tol=1e-6, floor=1e-8, seed=0,
     grad_y = rng.standard_normal(y.shape)
 
     module.zero_grad()
-    module.forward(to_device(x_host, device))
+    module(to_device(x_host, device))  # called, not .forward(): a chain module records
     grad_x = module.backward(to_device(grad_y.astype(y.dtype), device))
     analytic = {n: to_host(p.grad).astype(np.float64).copy() for n, p in params}
 

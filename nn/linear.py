@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 import kernels as K
+from kernels.checks import check_float, check_same_dtype
 from kernels.threads import single_threaded_blas
 
 from . import init
@@ -42,13 +45,21 @@ def _matmul(device, a, b):
     return xp.matmul(a, b)
 
 
+def _features(name, value):
+    # Like Conv2d's channel checks: int(2.5) would silently drop half a feature, and 0
+    # features only fails later (a division by zero in the initialiser).
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+        raise ValueError(f"{name}: expected a positive integer, got {value!r}")
+    return int(value)
+
+
 class Linear(Module):
     """y = x @ weight.T + bias; torch's layout and default initialisation."""
 
     def __init__(self, in_features, out_features, bias=True, device=None, dtype=None):
         super().__init__()
-        self.in_features = int(in_features)
-        self.out_features = int(out_features)
+        self.in_features = _features("in_features", in_features)
+        self.out_features = _features("out_features", out_features)
         self.weight = Parameter(new_parameter_array((self.out_features, self.in_features),
                                                     dtype))
         self.bias = (Parameter(new_parameter_array((self.out_features,), dtype))
@@ -72,7 +83,15 @@ class Linear(Module):
 
     def backward(self, grad_y):
         x = self.saved_tensors()
-        device = K.device_of(grad_y)
+        # A float64 gradient into a float32 layer (or a wrong shape) would otherwise pass
+        # through BLAS and only fail later, in the optimizer.
+        check_float("grad_y", grad_y)
+        check_same_dtype("grad_y", grad_y, "x", x)
+        expected = tuple(x.shape[:-1]) + (self.out_features,)
+        if tuple(grad_y.shape) != expected:
+            raise ValueError(f"Linear: grad_y: expected shape {expected} (the forward's "
+                             f"output), got {tuple(grad_y.shape)}")
+        device = K.device_of(grad_y, x, names=["grad_y", "x"])
         w = self.weight
         if w.requires_grad:
             g2 = grad_y.reshape(-1, self.out_features)

@@ -9,6 +9,9 @@ MaxPool2d keeps the argmax indices for its backward; the others keep only the in
 """
 from __future__ import annotations
 
+import math
+import numbers
+
 import kernels as K
 from kernels.checks import pair
 
@@ -120,9 +123,11 @@ class Upsample(Module):
         if scale_factor is not None:
             factors = (scale_factor if isinstance(scale_factor, (tuple, list))
                        else (scale_factor, scale_factor))
-            if any(isinstance(f, bool) or int(f) != f for f in factors):
-                raise ValueError(f"scale_factor: only integer factors are implemented, got "
-                                 f"{scale_factor!r}")
+            # NaN and inf are checked first: int() of them raises its own, unnamed error
+            if any(isinstance(f, bool) or not isinstance(f, numbers.Real)
+                   or not math.isfinite(f) or int(f) != f for f in factors):
+                raise ValueError(f"scale_factor: only finite integer factors are implemented, "
+                                 f"got {scale_factor!r}")
             self.scale_factor = pair("scale_factor", tuple(int(f) for f in factors))
         self.mode = mode
 
@@ -130,6 +135,9 @@ class Upsample(Module):
         if self.scale_factor is not None:
             return self.scale_factor
         (h, w), (oh, ow) = x.shape[2:], self.size
+        if h == 0 or w == 0:
+            raise ValueError(f"Upsample: x must have non-empty H and W, got shape "
+                             f"{tuple(x.shape)}")
         if oh % h or ow % w:
             raise ValueError(f"Upsample: size={self.size} is not an integer multiple of the "
                              f"input's (H, W) = ({h}, {w})")

@@ -21,6 +21,7 @@ import csv
 import json
 import math
 import os
+import secrets
 import sys
 import time
 
@@ -29,9 +30,11 @@ import numpy as np
 import kernels
 
 from . import init as nn_init
+from .module import no_grad
 
-__all__ = ["Trainer", "fit", "evaluate", "NonFiniteLossError", "CHECKPOINT_NAME",
-           "LEGACY_CHECKPOINT_NAME", "TRAIN_FORMAT", "TASKS"]
+__all__ = ["Trainer", "fit", "evaluate", "NonFiniteLossError", "RunFolderBusyError", "RunLock",
+           "remove_stale_temps", "write_atomic", "json_text", "CheckpointStateError",
+           "CHECKPOINT_NAME", "LEGACY_CHECKPOINT_NAME", "TRAIN_FORMAT", "TASKS"]
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
 # What run folders held before checkpoints became safetensors; --resume still finds it.
@@ -40,8 +43,66 @@ TASKS = ("classification", "reconstruction")
 TRAIN_FORMAT = "nn.train/1"
 
 
+class CheckpointStateError(ValueError):
+    """A training checkpoint's content does not fit the run (missing or ill-typed fields,
+    weights of other shapes, a foreign optimizer state...); the message names the field."""
+
+
 class NonFiniteLossError(FloatingPointError):
     """Training met a NaN/inf loss (or parameters); nothing non-finite was written to disk."""
+
+
+def _is_int(v):
+    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
+def _is_number(v):
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+
+
+def _checked_trainer_fields(state):
+    """``(epoch, history, early_stopping, rng)`` of a training checkpoint, type-checked."""
+    def bad(field, expected, got):
+        raise CheckpointStateError(f"checkpoint field {field!r}: expected {expected}, got "
+                                   f"{got!r}"[:300])
+
+    missing = [k for k in ("epoch", "model", "optimizer", "scheduler", "rng", "history",
+                           "early_stopping", "best_model") if k not in state]
+    if missing:
+        raise CheckpointStateError(f"checkpoint fields missing: {', '.join(missing)}")
+    epoch = state["epoch"]
+    if not _is_int(epoch) or epoch < 0:
+        bad("epoch", "a non-negative integer", epoch)
+    history = state["history"]
+    if not isinstance(history, list) or not all(
+            isinstance(row, dict) and all(isinstance(k, str) for k in row) for row in history):
+        bad("history", "a list of dicts (one row per epoch)", history)
+    if len(history) != epoch:
+        bad("history", f"{epoch} rows (one per epoch done)", f"{len(history)} rows")
+    stop = state["early_stopping"]
+    if not isinstance(stop, dict):
+        bad("early_stopping", "a dict", stop)
+    for key, ok, expected in (
+            ("best_epoch", lambda v: v is None or (_is_int(v) and 0 <= v <= epoch),
+             f"None or an epoch in 0..{epoch}"),
+            ("best_val_loss", lambda v: v is None or _is_number(v), "None or a number"),
+            ("bad_epochs", lambda v: _is_int(v) and 0 <= v <= epoch,
+             f"an integer in 0..{epoch}"),
+            ("stopped", lambda v: isinstance(v, (bool, np.bool_)), "true or false")):
+        if key not in stop or not ok(stop[key]):
+            bad(f"early_stopping.{key}", expected, stop.get(key, "<missing>"))
+    rng = state["rng"]
+    if not isinstance(rng, dict) or not {"loader", "modules", "init"} <= set(rng) \
+            or not isinstance(rng["modules"], dict) \
+            or not all(v is None or isinstance(v, dict) for v in (rng["loader"], rng["init"])) \
+            or rng["init"] is None:
+        bad("rng", "a dict of generator states {'loader', 'modules', 'init'}", rng)
+    if state["best_model"] is not None and not isinstance(state["best_model"], dict):
+        bad("best_model", "None or a state dict", state["best_model"])
+    if not isinstance(state["model"], dict):
+        bad("model", "a state dict", state["model"])
+    return (int(epoch), [dict(row) for row in history],
+            {k: (int(v) if _is_int(v) else v) for k, v in stop.items()}, rng)
 
 
 def _is_plateau(scheduler):
@@ -53,17 +114,159 @@ def _current_lr(optimizer):
     return float(optimizer.param_groups[0]["lr"])
 
 
-def _write_atomic(path, text):
-    tmp = f"{path}.tmp{os.getpid()}"
+def _create_temp(folder, name):
+    """A new file ``.<name>.<random>.tmp`` in ``folder``, opened for writing: ``(fd, path)``.
+
+    The name is unpredictable and the file is created exclusively (``O_EXCL``, and
+    ``O_NOFOLLOW`` where it exists), so a file or symlink someone planted in a shared run
+    folder is never opened, let alone written through.  Mode 0o666 lets the kernel apply
+    the umask, as for any new file (reading the umask would mean changing it).
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) \
+        | getattr(os, "O_BINARY", 0)
+    for _ in range(100):
+        tmp = os.path.join(folder, f".{name}.{secrets.token_hex(6)}.tmp")
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{folder}: cannot create a temporary file for {name}")
+
+
+def write_atomic(path, text):
+    """Replace ``path`` by a file holding ``text``: the old or the new content, never a mix,
+    written through a fresh temporary file in the same folder (see :func:`_create_temp`)."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = _create_temp(folder, os.path.basename(path))
     try:
-        with open(tmp, "w", newline="") as f:
+        with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def _finite_or_none(obj):
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite_or_none(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return _finite_or_none(obj.item())
+    return obj
+
+
+def json_text(obj):
+    """``obj`` as strict JSON text: NaN and infinities (which ``json.dumps`` would write as
+    the bare, invalid tokens ``NaN`` / ``Infinity``) become ``null``."""
+    return json.dumps(_finite_or_none(obj), indent=1, allow_nan=False) + "\n"
+
+
+class RunFolderBusyError(RuntimeError):
+    """Another process is training into the same run folder (it holds the folder's lock)."""
+
+
+LOCK_NAME = ".lock"
+# Files this package writes into a run folder; their temporary files are named
+# ``.<file>.<random>.tmp`` (nn.save and write_atomic alike), older versions wrote
+# ``<file>.tmp<pid>``.
+RUN_FILES = (CHECKPOINT_NAME, LEGACY_CHECKPOINT_NAME, "metrics.csv", "metrics.json", "config.json", "test.json")
+# Locks held by this process, by real path: a run folder locked by the CLI is entered again
+# by its Trainer, and a second flock() on another descriptor would refuse the process itself.
+_HELD_LOCKS = {}
+
+
+class RunLock:
+    """An exclusive, advisory lock on a run folder (``flock`` on ``<run_dir>/.lock``).
+
+    Two trainings given the same folder would overwrite each other's checkpoint and
+    metrics without a word; the second one now stops with :class:`RunFolderBusyError`.
+    The lock goes away with the process, so a killed run never leaves the folder locked.
+    Re-entrant within one process.  Where ``fcntl`` does not exist (Windows) it locks
+    nothing.
+    """
+
+    def __init__(self, run_dir):
+        self.run_dir = os.path.abspath(os.fspath(run_dir))
+        self.key = None
+
+    def acquire(self):
+        key = os.path.realpath(self.run_dir)
+        held = _HELD_LOCKS.get(key)
+        if held is not None:
+            held[1] += 1
+            self.key = key
+            return self
+        try:
+            import fcntl
+        except ImportError:  # no advisory locks on this platform
+            fcntl = None
+        fd = None
+        if fcntl is not None:
+            fd = os.open(os.path.join(self.run_dir, LOCK_NAME),
+                         os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                raise RunFolderBusyError(
+                    f"{self.run_dir}: another training run is using this folder (it holds "
+                    f"{LOCK_NAME}); wait for it to finish or choose another --out") from None
+        _HELD_LOCKS[key] = [fd, 1]
+        self.key = key
+        return self
+
+    def release(self):
+        if self.key is None:
+            return
+        held = _HELD_LOCKS[self.key]
+        held[1] -= 1
+        if held[1] == 0:
+            del _HELD_LOCKS[self.key]
+            if held[0] is not None:
+                os.close(held[0])   # closing the descriptor drops the flock
+        self.key = None
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc):
+        self.release()
+
+
+def remove_stale_temps(run_dir):
+    """Remove temporary files that killed saves left in ``run_dir``; returns their names.
+
+    Call it only while holding the folder's :class:`RunLock`: then no save of another run
+    can be in flight there, and every such file is garbage (after 20 kills during saves
+    they held 254 MB).  Only names this package generates are touched: ``.<file>.*.tmp``
+    and the older ``<file>.tmp<pid>`` for the files in :data:`RUN_FILES`.
+    """
+    removed = []
+    try:
+        names = os.listdir(run_dir)
+    except FileNotFoundError:
+        return removed
+    for name in names:
+        for target in RUN_FILES:
+            if (name.startswith(f".{target}.") and name.endswith(".tmp")) or (
+                    name.startswith(f"{target}.tmp") and name[len(target) + 4:].isdigit()):
+                try:
+                    os.unlink(os.path.join(run_dir, name))   # a link is removed, not followed
+                    removed.append(name)
+                except (FileNotFoundError, IsADirectoryError, PermissionError):
+                    pass
+                break
+    return removed
 
 
 def _progress(total, desc, enabled):
@@ -78,12 +281,14 @@ def _progress(total, desc, enabled):
                 dynamic_ncols=True)
 
 
+@no_grad()  # no backward follows: neither the model nor the loss keeps a context
 def evaluate(model, loader, loss_fn, task="classification", num_classes=None):
     """Mean loss, and for classification accuracy and the confusion matrix, over ``loader``.
 
-    Runs in eval mode and restores the model's previous mode.  The confusion matrix has the
-    true class on rows and the predicted class on columns (``num_classes`` x ``num_classes``,
-    from the largest label or logit index seen when not given).
+    Runs in eval mode under :class:`nn.no_grad` and restores the model's previous mode.  The
+    confusion matrix has the true class on rows and the predicted class on columns
+    (``num_classes`` x ``num_classes``, from the largest label or logit index seen when not
+    given).
     """
     was_training = model.training
     model.eval()
@@ -214,21 +419,44 @@ class Trainer:
         }
 
     def load_state_dict(self, state, train_loader):
-        """Continue from a checkpoint written by :meth:`state_dict`."""
+        """Continue from a checkpoint written by :meth:`state_dict`.
+
+        Every field is checked first (types, a non-negative epoch, the history's rows...);
+        a checkpoint whose content does not fit raises :class:`CheckpointStateError` naming
+        the field instead of a KeyError or TypeError from deep inside.
+        """
         if not isinstance(state, dict) or state.get("format") != TRAIN_FORMAT:
             raise ValueError(f"not a training checkpoint (expected format {TRAIN_FORMAT!r}, got "
                              f"{state.get('format') if isinstance(state, dict) else state!r})")
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        if self.scheduler is not None and state["scheduler"] is not None:
-            self.scheduler.load_state_dict(state["scheduler"])
-        self._set_rng_state(train_loader, state["rng"])
-        self.epoch = int(state["epoch"])
-        self.history = [dict(row) for row in state["history"]]
-        stop = state["early_stopping"]
+        epoch, history, stop, rng = _checked_trainer_fields(state)
+        if state["best_model"] is not None:
+            # restored at the end of fit(): a mismatch must show now, not after training
+            want = {k: tuple(np.shape(v)) for k, v in self.model.state_dict().items()}
+            got = {k: tuple(np.shape(v)) for k, v in state["best_model"].items()}
+            for key in list(want) + [k for k in got if k not in want]:
+                if want.get(key) != got.get(key):
+                    raise CheckpointStateError(
+                        f"checkpoint field 'best_model': {key} has shape "
+                        f"{got.get(key, '<missing>')}, the model's is "
+                        f"{want.get(key, '<no such entry>')}")
+        for field, load in (
+                ("model", lambda: self.model.load_state_dict(state["model"])),
+                ("optimizer", lambda: self.optimizer.load_state_dict(state["optimizer"])),
+                ("scheduler", lambda: self.scheduler is not None
+                 and state["scheduler"] is not None
+                 and self.scheduler.load_state_dict(state["scheduler"])),
+                ("rng", lambda: self._set_rng_state(train_loader, rng))):
+            try:
+                load()
+            except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+                what = f"missing key {exc}" if isinstance(exc, KeyError) else str(exc)
+                raise CheckpointStateError(f"checkpoint field {field!r}: {what}") from None
+        self.epoch = epoch
+        self.history = history
         self.best_epoch = stop["best_epoch"]
-        self.best_val_loss = math.inf if stop["best_val_loss"] is None else stop["best_val_loss"]
-        self.bad_epochs = int(stop["bad_epochs"])
+        self.best_val_loss = (math.inf if stop["best_val_loss"] is None
+                              else float(stop["best_val_loss"]))
+        self.bad_epochs = stop["bad_epochs"]
         self.stopped_early = bool(stop["stopped"])
         self.best_state = state["best_model"]
 
@@ -257,13 +485,12 @@ class Trainer:
         lines = [",".join(keys)]
         for row in self.history:
             lines.append(",".join("" if row.get(k) is None else repr(row[k]) for k in keys))
-        _write_atomic(os.path.join(self.run_dir, "metrics.csv"), "\n".join(lines) + "\n")
+        write_atomic(os.path.join(self.run_dir, "metrics.csv"), "\n".join(lines) + "\n")
         summary = {"history": self.history, "best_epoch": self.best_epoch,
                    "best_val_loss": (None if math.isinf(self.best_val_loss)
                                      else self.best_val_loss),
                    "stopped_early": self.stopped_early}
-        _write_atomic(os.path.join(self.run_dir, "metrics.json"),
-                      json.dumps(summary, indent=1) + "\n")
+        write_atomic(os.path.join(self.run_dir, "metrics.json"), json_text(summary))
 
     # ------------------------------------------------------------------ the loop
     def _train_epoch(self, loader, epochs):
@@ -318,8 +545,16 @@ class Trainer:
         """Train until ``epochs`` epochs are done in total (or early stopping); returns history.
 
         ``resume``: a checkpoint path (safetensors, or the older ``.npz``) or a loaded
-        checkpoint dict to continue from.
+        checkpoint dict to continue from.  With a ``run_dir``, the folder's :class:`RunLock`
+        is held throughout, and temporary files of killed saves found there are removed first.
         """
+        if self.run_dir is None or not self.is_main:
+            return self._fit(train_loader, val_loader, epochs, resume)
+        with RunLock(self.run_dir):
+            remove_stale_temps(self.run_dir)
+            return self._fit(train_loader, val_loader, epochs, resume)
+
+    def _fit(self, train_loader, val_loader, epochs, resume):
         if resume is not None:
             if not isinstance(resume, dict):
                 from .checkpoint import load

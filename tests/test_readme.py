@@ -23,29 +23,44 @@ README = (ROOT / "README.md").read_text()
 
 
 def _blocks():
-    """(language, first line number, text) of every fenced block."""
-    out, lang, start, lines = [], None, 0, []
+    """(language, first line number, text, section heading) of every fenced block."""
+    out, lang, start, lines, section = [], None, 0, [], ""
     for number, line in enumerate(README.splitlines(), 1):
         if line.startswith("```"):
             if lang is None:
                 lang, start, lines = line[3:].strip() or "text", number, []
             else:
-                out.append((lang, start, "\n".join(lines) + "\n"))
+                out.append((lang, start, "\n".join(lines) + "\n", section))
                 lang = None
         elif lang is not None:
             lines.append(line)
+        elif line.startswith("## "):
+            section = line[3:].strip()
     assert lang is None, "README.md has an unclosed code block"
     return out
 
 
 BLOCKS = _blocks()
-PYTHON_BLOCKS = [(start, text) for lang, start, text in BLOCKS if lang == "python"]
+
+
+def _python_sections():
+    """(section, first line, script): a section's ```python blocks run as one script, in order,
+    because a later block may use what an earlier one defined (as a reader runs them)."""
+    sections = {}
+    for lang, start, text, section in BLOCKS:
+        if lang == "python":
+            first, script = sections.get(section, (start, ""))
+            sections[section] = (first, script + text)
+    return [(section, first, script) for section, (first, script) in sections.items()]
+
+
+PYTHON_SECTIONS = _python_sections()
 
 
 def _shell_commands():
     """(line number, command) for every shell command in the README, split at ``&&``."""
     found = []
-    for lang, start, text in BLOCKS:
+    for lang, start, text, _ in BLOCKS:
         if lang in ("bash", "sh", "shell", "console"):
             # a here-document is one command with its body
             text = re.sub(r"<<'?(\w+)'?\n.*?\n\1\n", "<<HEREDOC\n", text, flags=re.S)
@@ -112,7 +127,7 @@ def _cheap_train(cmd, tmp_path, run_folder):
     return f"{cmd} --epochs 1 --out {tmp_path / 'run'}"
 
 
-def _cheap_evaluate(cmd, tmp_path, run_folder):
+def _in_run_folder(cmd, tmp_path, run_folder):
     return re.sub(r"runs/\S+", str(run_folder), cmd)
 
 
@@ -130,7 +145,8 @@ def _report_on_small_json(cmd, tmp_path, run_folder):
 # Commands the suite runs: pattern -> how (the command as written, or a stated substitution).
 CHEAP = {
     r"python -m nn train": _cheap_train,
-    r"python -m nn evaluate runs/\S+": _cheap_evaluate,
+    r"python -m nn evaluate runs/\S+": _in_run_folder,
+    r"python -m nn export runs/\S+ --format (safetensors|onnx)": _in_run_folder,
     r"python -m nn summary .*": _as_written,
     r"python benchmarks/report.py results.json": _report_on_small_json,
 }
@@ -171,7 +187,7 @@ def test_cheap_shell_command_runs(line, command, tmp_path, run_folder):
 
 def test_summary_output_is_the_one_shown():
     """The README shows `python -m nn summary --model lenet`'s output: it must be current."""
-    for lang, _, text in BLOCKS:
+    for lang, _, text, _ in BLOCKS:
         lines = text.splitlines()
         if lang == "text" and lines and lines[0].startswith("$ python -m nn summary"):
             done = _shell(lines[0][2:], cwd=ROOT)
@@ -184,6 +200,15 @@ def test_summary_output_is_the_one_shown():
 # A ```python block that is a fragment (it continues an earlier example) runs after a prelude
 # that defines what it uses; key: a line the block contains.
 PRELUDES = {
+    "ort.InferenceSession": """
+import os
+import numpy as np
+import nn
+os.makedirs("runs/<run>")
+model = nn.models.LeNet5(in_channels=1, num_classes=10, input_size=8).eval()
+x = np.random.default_rng(0).standard_normal((3, 1, 8, 8)).astype("float32")
+nn.export_onnx(model, x[:1], "runs/<run>/model.onnx")
+""",
     "comm = dist.init(\"mpi\")": """
 import nn
 from nn import data
@@ -196,15 +221,25 @@ optimizer = nn.optim.SGD(model.parameters(), lr=0.1)
 }
 
 
+# ... and checks after it that what it computed is right.
+POSTLUDES = {
+    "ort.InferenceSession": """
+np.testing.assert_allclose(logits, model(x), rtol=1e-5, atol=1e-5 * np.abs(logits).max())
+""",
+}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("start, text", PYTHON_BLOCKS, ids=[f"line{s}" for s, _ in PYTHON_BLOCKS])
-def test_python_block_runs(start, text, tmp_path):
+@pytest.mark.parametrize("section, start, text", PYTHON_SECTIONS,
+                         ids=[section for section, _, _ in PYTHON_SECTIONS])
+def test_python_blocks_run(section, start, text, tmp_path):
     prelude = "".join(p for key, p in PRELUDES.items() if key in text)
+    postlude = "".join(p for key, p in POSTLUDES.items() if key in text)
     script = tmp_path / f"readme_line{start}.py"
-    script.write_text(prelude + text)
+    script.write_text(prelude + text + postlude)
     done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=_env(),
                           capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, f"README block at line {start}:\n{done.stderr[-3000:]}"
+    assert done.returncode == 0, f"README section {section!r}:\n{done.stderr[-3000:]}"
 
 
 def test_benchmarks_collect():

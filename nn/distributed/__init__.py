@@ -33,10 +33,12 @@ waiting in a collective.  :class:`MPIComm` installs the same guard when it is cr
 from .comm import (Communicator, FakeComm, MPIComm, NCCLComm, SingleProcessComm,  # noqa: F401
                    allreduce_values, init)
 from .data import DistributedSampler, ShardedLoader, reduce_evaluation, shard_dataset  # noqa: F401
-from .parallel import DataParallel  # noqa: F401
+from .parallel import (DataParallel, RanksDisagreeError, check_agreement,  # noqa: F401
+                       describe_run)
 
 __all__ = [
     "Communicator", "SingleProcessComm", "MPIComm", "NCCLComm", "FakeComm",
-    "DataParallel", "DistributedSampler", "ShardedLoader", "shard_dataset", "reduce_evaluation",
+    "DataParallel", "RanksDisagreeError", "check_agreement", "describe_run",
+    "DistributedSampler", "ShardedLoader", "shard_dataset", "reduce_evaluation",
     "init", "allreduce_values",
 ]

@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 
 import numpy as np
 
 import kernels
 
-from ..module import Module
-from .comm import SingleProcessComm
+from ..module import Module, is_grad_enabled
+from .comm import NCCLComm, SingleProcessComm
 
 
 class _Bucket:
@@ -52,13 +54,20 @@ class DataParallel(Module):
       Normalisation in training uses each rank's local batch statistics (no SyncBatchNorm),
       so a model with BatchNorm matches single-process training only approximately.
 
+    ``config``: the training configuration (a JSON-able dict: seed, batch size, ...).  At
+    construction every rank hashes its parameters' and buffers' names, shapes and dtypes
+    together with ``config`` and the hashes are compared with one allreduce; on a mismatch
+    every rank raises :class:`RanksDisagreeError` naming the first difference (ranks with
+    transposed weights used to pass and silently reshape, other dtypes or batch sizes ended
+    in raw MPI errors, different seeds went unnoticed).
+
     ``state_dict``/``load_state_dict`` are the wrapped module's (no ``module.`` prefix), so
     checkpoints load into the bare model.  Every rank must call ``backward`` (and so every
     collective) the same number of times: give each rank the same number of batches
     (:class:`ShardedLoader` and :class:`DistributedSampler` do).
     """
 
-    def __init__(self, module, comm=None, bucket_cap_mb=25, buffers="broadcast"):
+    def __init__(self, module, comm=None, bucket_cap_mb=25, buffers="broadcast", config=None):
         super().__init__()
         if not isinstance(module, Module):
             raise TypeError(f"module: expected an nn.Module, got {type(module).__name__}")
@@ -74,12 +83,12 @@ class DataParallel(Module):
         object.__setattr__(self, "_sync", True)
         object.__setattr__(self, "_buckets", None)
         object.__setattr__(self, "_bucket_key", None)
-        self._check_same_model()
+        self._check_same_model(config)
         self._sync_state(self._named_params_and_buffers(), "broadcast")
 
     # ------------------------------------------------------------------ passes
     def forward(self, x, *args, **kwargs):
-        if self.training:
+        if self.training and is_grad_enabled():  # a no_grad forward gets no backward
             object.__setattr__(self, "_samples", self._samples + int(x.shape[0]))
         return self.module(x, *args, **kwargs)
 
@@ -206,20 +215,10 @@ class DataParallel(Module):
                 a[...] = flat[off:off + a.size].reshape(a.shape)
                 off += a.size
 
-    def _check_same_model(self):
-        """Fail on every rank (not hang) when ranks wrap models of different shapes."""
-        if self.comm.size == 1:
-            return
-        shapes = [p.shape for _, p in self.module.named_parameters()]
-        sig = np.array([len(shapes), sum(int(np.prod(s)) for s in shapes),
-                        sum((i + 1) * (int(np.prod(s)) + len(s)) for i, s in enumerate(shapes))],
-                       dtype=np.float64)
-        total = sig.copy()
-        self.comm.allreduce_sum(total)
-        if not np.array_equal(total, sig * self.comm.size):
-            raise ValueError(f"DataParallel: the ranks wrap different models (rank {self.comm.rank}"
-                             f" has {len(shapes)} parameters, {int(sig[1])} values); every rank "
-                             f"must build the same architecture")
+    def _check_same_model(self, config=None):
+        """Fail on every rank (not hang, not silently reshape) when ranks disagree on the
+        model or the training config; see :func:`check_agreement`."""
+        check_agreement(self.comm, describe_run(self.module, config))
 
     # ------------------------------------------------------------------ state
     def state_dict(self):
@@ -235,3 +234,107 @@ class DataParallel(Module):
 def _all_params(buckets):
     for b in buckets:
         yield from b.params
+
+
+# ---------------------------------------------------------------- agreement between ranks
+class RanksDisagreeError(ValueError):
+    """The ranks of a data-parallel run built different models or configs.
+
+    Raised on every rank with the same one-line message; ``quiet`` is True on ranks other
+    than 0, so a command line prints it once.
+    """
+
+    def __init__(self, message, rank=0):
+        super().__init__(message)
+        self.rank = rank
+        self.quiet = rank != 0
+
+
+def describe_run(module, config=None):
+    """Lines that must be equal on every rank: each parameter's and buffer's name, shape and
+    dtype (in registration order), then the config's entries (sorted by key)."""
+    lines = [f"parameter {name}: shape {tuple(p.shape)}, dtype {np.dtype(p.dtype)}"
+             for name, p in module.named_parameters()]
+    for mname, m in module.named_modules():
+        for bname, buf in m._buffers.items():
+            if buf is not None:
+                lines.append(f"buffer {mname + '.' if mname else ''}{bname}: shape "
+                             f"{tuple(buf.shape)}, dtype {np.dtype(buf.dtype)}")
+    for key in sorted(config or {}):
+        lines.append(f"config {key} = {json.dumps(config[key], sort_keys=True, default=str)}")
+    return lines
+
+
+def _collective(comm, op, host):
+    """Run ``op`` ("allreduce_sum" or ("broadcast", root)) on a host array, staged through
+    the GPU for NCCL (which only takes GPU arrays); returns the host result."""
+    on_gpu = isinstance(comm, NCCLComm)
+    buf = kernels.to_device(host, "cuda") if on_gpu else host
+    if op == "allreduce_sum":
+        comm.allreduce_sum(buf)
+    else:
+        comm.broadcast(buf, root=op[1])
+    return kernels.to_host(buf) if on_gpu else buf
+
+
+def _digest_parts(lines):
+    # 16-bit pieces of the SHA-256: their sums and sums of squares over ranks are exact in
+    # float64, and both match size * own value (and its square) only when all ranks agree.
+    digest = hashlib.sha256("\n".join(lines).encode()).digest()
+    return np.frombuffer(digest, dtype=">u2").astype(np.float64)
+
+
+def _broadcast_text(comm, text, root):
+    data = np.frombuffer(text.encode(), dtype=np.uint8) if comm.rank == root else None
+    length = _collective(comm, ("broadcast", root),
+                         np.array([0 if data is None else data.size], dtype=np.int64))
+    buf = data.copy() if data is not None else np.zeros(int(length[0]), dtype=np.uint8)
+    if buf.size:
+        buf = _collective(comm, ("broadcast", root), buf)
+    return bytes(np.asarray(buf)).decode()
+
+
+def _first_difference(reference, lines, rank):
+    """How ``lines`` (this rank's) first differ from rank 0's, or "" when they do not."""
+    def key(line):
+        return line.split(":", 1)[0] if not line.startswith("config ") \
+            else line.split(" = ", 1)[0]
+    ours = {key(line): line for line in lines}
+    theirs = {key(line): line for line in reference}
+    for line in reference:
+        if ours.get(key(line)) != line:
+            return f"rank 0 has '{line}' but rank {rank} has '{ours.get(key(line), '<nothing>')}'"
+    for line in lines:
+        if key(line) not in theirs:
+            return f"rank 0 has '<nothing>' but rank {rank} has '{line}'"
+    for i, (a, b) in enumerate(zip(reference, lines)):
+        if a != b:
+            return (f"rank 0 has '{a}' at position {i} but rank {rank} has '{b}' there "
+                    f"(the same entries in another order)")
+    return ""
+
+
+def check_agreement(comm, lines):
+    """Raise :class:`RanksDisagreeError` on every rank unless every rank passed the same
+    ``lines``: one allreduce of a hash when they agree; when not, rank 0's lines are
+    broadcast and the first line where some rank differs is named."""
+    if comm.size == 1:
+        return
+    parts = _digest_parts(lines)
+    sums = _collective(comm, "allreduce_sum", np.concatenate([parts, parts * parts]))
+    n = parts.size
+    if np.array_equal(sums[:n], parts * comm.size) and \
+            np.array_equal(sums[n:], parts * parts * comm.size):
+        return
+    reference = _broadcast_text(comm, "\n".join(lines), 0).split("\n")
+    mine = _first_difference(reference, lines, comm.rank)
+    # the lowest rank that differs from rank 0 tells everyone how
+    flags = np.zeros(comm.size, dtype=np.float64)
+    flags[comm.rank] = 1.0 if mine else 0.0
+    flags = _collective(comm, "allreduce_sum", flags)
+    odd = next((r for r in range(comm.size) if flags[r] > 0), None)
+    what = (_broadcast_text(comm, mine, odd) if odd is not None
+            else "the same lines but not the same hash")
+    raise RanksDisagreeError(
+        f"DataParallel: the ranks wrap different models or configs: {what} (every rank "
+        f"must build the same architecture with the same training options)", comm.rank)

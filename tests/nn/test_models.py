@@ -25,7 +25,8 @@ def sampled_gradcheck(model, x, samples, seed=0, eps=1e-5, tol=1e-6):
     device = K.device_of(x)
     rng = np.random.default_rng(seed)
     x = K.to_host(x).copy()
-    y = K.to_host(model(K.to_device(x, device))).copy()
+    with nn.no_grad():  # the forwards without a backward keep no context
+        y = K.to_host(model(K.to_device(x, device))).copy()
     g = rng.standard_normal(y.shape)
     model.zero_grad()
     model(K.to_device(x, device))
@@ -44,7 +45,8 @@ def sampled_gradcheck(model, x, samples, seed=0, eps=1e-5, tol=1e-6):
                 flat[i] = saved + step
                 if param is not None:
                     param.data[...] = K.to_device(values, device)
-                outputs.append(K.to_host(model(K.to_device(x, device))).copy())
+                with nn.no_grad():
+                    outputs.append(K.to_host(model(K.to_device(x, device))).copy())
                 flat[i] = saved
             if param is not None:
                 param.data[...] = K.to_device(values, device)
