@@ -39,7 +39,7 @@ from .conv_cpu import (_conv2d_backward_bias_cpu, _conv2d_backward_input_direct_
                        _conv2d_forward_gemm_cpu)
 from .conv_cuda import (_conv2d_backward_bias_cuda, _conv2d_backward_input_cuda,
                         _conv2d_backward_weight_cuda, _conv2d_forward_cuda)
-from .device import CPU, array_module, device_of, launch
+from .device import CPU, array_module, device_of
 from .threads import dynamic_schedule, numba_threads, single_threaded_blas
 
 __all__ = ["conv2d_forward", "conv2d_backward_input", "conv2d_backward_weight",
@@ -302,13 +302,15 @@ def _forward_all(x, w, b, geo, out_hw, algo):
     y = xp.empty((N, OC) + tuple(out_hw), dtype=x.dtype)
     if y.size == 0:
         return y
+    g = geo
+    if device != CPU:
+        # The GPU folds the bias into its GEMM, and none at all when there is no bias.
+        b = None if b is None else contiguous(xp, b)
+        _conv2d_forward_cuda(y, contiguous(xp, x), contiguous(xp, w), b, g)
+        return y
     if b is None:
         b = xp.zeros(OC, dtype=x.dtype)
     x, w, b = contiguous(xp, x), contiguous(xp, w), contiguous(xp, b)
-    g = geo
-    if device != CPU:
-        _conv2d_forward_cuda(y, x, w, b, g)
-        return y
     flops = _flops(N, w.shape, out_hw)
     if _use_direct(x.shape, w.shape, g.groups, algo):
         _run_cpu(_conv2d_forward_direct_cpu, flops, False, y, x, w, b, g.sh, g.sw, g.pt, g.pl,
@@ -404,7 +406,7 @@ def _backward_bias(grad_y):
         return grad_b
     gy = contiguous(xp, grad_y).reshape(N, OC, -1)
     if device != CPU:
-        launch(_conv2d_backward_bias_cuda, OC, grad_b, gy, grad_y.dtype.type(0))
+        _conv2d_backward_bias_cuda(grad_b, gy)
     else:
         with numba_threads(1 if gy.size < _SERIAL_FLOPS else numba.get_num_threads()):
             _conv2d_backward_bias_cpu(grad_b, gy, grad_y.dtype.type(0))

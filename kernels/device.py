@@ -16,6 +16,7 @@ Nothing outside this file asks which device it is on; everything goes through
 from __future__ import annotations
 
 import os
+import sys
 import types
 
 import numpy as np
@@ -43,6 +44,63 @@ else:
     _cupy_error = "not used under the CUDA simulator (NUMBA_ENABLE_CUDASIM=1)"
 
 
+class ImplicitTransferError(RuntimeError):
+    """A device array was read on the host other than through :func:`to_host`."""
+
+
+class TransferCounter:
+    """Explicit transfers seen inside :func:`strict_transfers`."""
+
+    def __init__(self):
+        self.to_host = 0     # device -> host
+        self.to_device = 0   # host -> device
+
+    def __repr__(self):
+        return f"TransferCounter(to_host={self.to_host}, to_device={self.to_device})"
+
+
+_strict = None   # the active TransferCounter while strict_transfers() is on
+
+
+class strict_transfers:
+    """Simulator only: make the device stricter than a GPU, and count transfers.
+
+    Inside ``with strict_transfers() as count:`` a simulated device array refuses to be read
+    on the host implicitly (``float``, ``int``, ``bool``, ``operator.index``, ``.item()``,
+    ``.tolist()``: each is a hidden device-to-host copy and a stall on a real GPU) with
+    :class:`ImplicitTransferError`; reductions return 0-d device arrays as CuPy's do instead
+    of host scalars; and ``count.to_host`` / ``count.to_device`` count the explicit
+    transfers (:func:`to_host`, :func:`to_device`, ``xp.asarray`` of host data).
+    ``np.asarray(device_array)`` cannot be intercepted on a NumPy subclass; the array it
+    returns is a CPU array, which the launchers' device checks then refuse to mix.
+    """
+
+    def __enter__(self):
+        global _strict
+        if not SIMULATOR:
+            raise RuntimeError("strict_transfers() needs the CUDA simulator "
+                               "(NUMBA_ENABLE_CUDASIM=1)")
+        self._previous, _strict = _strict, TransferCounter()
+        return _strict
+
+    def __exit__(self, *exc):
+        global _strict
+        _strict = self._previous
+        return False
+
+
+def _implicit(what, method):
+    def read(self, *args):
+        if _strict is not None:
+            raise ImplicitTransferError(
+                f"{what} of a simulated device array of shape {self.shape} reads it on the "
+                "host (an implicit device-to-host transfer that stalls a GPU); keep the value "
+                "on the device, or read it explicitly with kernels.to_host()")
+        return method(self, *args)
+    read.__name__ = method.__name__
+    return read
+
+
 class SimCudaArray(np.ndarray):
     """A NumPy array that stands for device memory under the CUDA simulator.
 
@@ -54,11 +112,18 @@ class SimCudaArray(np.ndarray):
         pass
 
     def __array_wrap__(self, arr, context=None, return_scalar=False):
-        # 0-d results of reductions come back as NumPy scalars, like CuPy's 0-d arrays
-        # behave under float(); keep arrays on the simulated device.
-        if return_scalar:
+        # 0-d results of reductions come back as NumPy scalars, which float() reads like
+        # CuPy's 0-d arrays; under strict_transfers() they stay 0-d device arrays, as on CuPy.
+        if return_scalar and _strict is None:
             return arr[()]
         return np.asarray(arr).view(SimCudaArray)
+
+    __float__ = _implicit("float()", np.ndarray.__float__)
+    __int__ = _implicit("int()", np.ndarray.__int__)
+    __bool__ = _implicit("bool()", np.ndarray.__bool__)
+    __index__ = _implicit("operator.index()", np.ndarray.__index__)
+    item = _implicit(".item()", np.ndarray.item)
+    tolist = _implicit(".tolist()", np.ndarray.tolist)
 
     def get(self):
         """CuPy's ``ndarray.get()``: a host (NumPy) copy."""
@@ -99,10 +164,17 @@ class _SimSubmodule:
         return _sim_attr(self._module, name)
 
 
+# xp functions that copy host data to the device when given host data (CuPy's behaviour).
+_UPLOADS = {"asarray", "array", "asanyarray", "ascontiguousarray"}
+
+
 def _sim_attr(module, name):
     attr = getattr(module, name)
     if callable(attr) and not isinstance(attr, type):
         def wrapped(*args, **kwargs):
+            if (_strict is not None and name in _UPLOADS and args
+                    and not isinstance(args[0], SimCudaArray)):
+                _strict.to_device += 1
             return _sim_wrap(attr(*args, **kwargs))
         wrapped.__name__ = name
         wrapped.__doc__ = attr.__doc__
@@ -166,6 +238,21 @@ def device_of(*arrays, names=None) -> str:
     return found
 
 
+SIMULATOR_WARNING = ("kernels: the 'cuda' device is Numba's CUDA simulator "
+                     "(NUMBA_ENABLE_CUDASIM=1): for testing only, thousands of times slower "
+                     "than a GPU or the 'cpu' device")
+_simulator_warned = False
+
+
+def _warn_simulator():
+    # Once per process, on the first use of the simulated device, so nobody mistakes its
+    # speed for the library's: one line on stderr, not a warning category a filter can hide.
+    global _simulator_warned
+    if SIMULATOR and not _simulator_warned:
+        _simulator_warned = True
+        print(SIMULATOR_WARNING, file=sys.stderr, flush=True)
+
+
 def normalize_device(device):
     """``"cpu"`` or ``"cuda"`` for the names torch users write: ``"cuda:0"`` (one GPU),
     ``"CPU"``, or a ``torch.device``.  Other names are a ``ValueError``."""
@@ -179,6 +266,8 @@ def normalize_device(device):
 
 def _check_device_name(device):
     device = normalize_device(device)
+    if device == CUDA:
+        _warn_simulator()
     if device == CUDA and not cuda_available():
         raise ValueError("device: 'cuda' is not available here (no GPU with CuPy, and the "
                          "simulator is off; set NUMBA_ENABLE_CUDASIM=1 to use the simulator). "
@@ -203,13 +292,27 @@ def to_device(a, device):
     if device == CPU:
         return host
     if SIMULATOR:
+        if _strict is not None:
+            _strict.to_device += 1
         return np.array(host, copy=True).view(SimCudaArray)
     return _cupy.asarray(host)
 
 
 def to_host(a):
-    """A NumPy array with the values of ``a`` (no copy when ``a`` is already on the CPU)."""
+    """A NumPy array with the values of ``a`` (no copy when ``a`` is already on the CPU).
+
+    Reading a device array is a synchronisation point, so checks deferred on the device
+    (:func:`defer_check`) are raised here first.
+    """
+    if _device_of_one(a) == CUDA and _deferred:
+        check_errors()
+    return _to_host(a)
+
+
+def _to_host(a):
     if isinstance(a, SimCudaArray):
+        if _strict is not None:
+            _strict.to_host += 1
         return np.array(a, copy=True).view(np.ndarray)
     if isinstance(a, np.ndarray):
         return a
@@ -218,10 +321,72 @@ def to_host(a):
     return np.asarray(a)
 
 
+# ---------------------------------------------------------------- checks deferred on the device
+# A launcher that would have to read device data to validate it (labels in range, say)
+# computes the verdict on the device instead and queues it here; the next explicit read
+# (to_host) or check_errors() reads every pending verdict in one transfer.
+_deferred = []
+# Past this many pending verdicts they are read (one transfer per this many checks), so a
+# loop that never reads explicitly cannot grow the queue without bound.
+MAX_DEFERRED = 256
+
+
+def defer_check(bad, message):
+    """Queue the 0-d device boolean ``bad``; ``message()`` builds the error text if it is true.
+
+    ``message`` should hold only small device values (0-d reductions), not the checked
+    arrays, so a queued check keeps no batch alive.
+    """
+    _deferred.append((bad, message))
+    if len(_deferred) >= MAX_DEFERRED:
+        check_errors()
+
+
+def check_errors():
+    """Raise the first pending deferred check that failed (``ValueError``); clear them all."""
+    if not _deferred:
+        return
+    pending = list(_deferred)
+    _deferred.clear()
+    xp = array_module(CUDA)
+    flags = _to_host(xp.stack([xp.asarray(bad).reshape(()) for bad, _ in pending]))
+    for failed, (_, message) in zip(flags, pending):
+        if failed:
+            raise ValueError(message())
+
+
 def synchronize(device=CUDA):
-    """Wait for queued GPU work (a no-op on the CPU and the simulator)."""
-    if device == CUDA and not SIMULATOR and _cupy is not None:
+    """Wait for queued GPU work (a no-op on the CPU, the simulator, and without a GPU).
+
+    Without a usable GPU nothing can have been queued, so there is nothing to wait for;
+    asking CuPy anyway would raise its raw ``CUDARuntimeError`` (no driver / no device).
+    """
+    if device == CUDA and not SIMULATOR and cuda_available():
         _cupy.cuda.get_current_stream().synchronize()
+
+
+def gpu_count() -> int:
+    """Number of GPUs this process can use (0 without CuPy or a driver; 1 on the simulator)."""
+    if SIMULATOR:
+        return 1
+    if not cuda_available():
+        return 0
+    return int(_cupy.cuda.runtime.getDeviceCount())
+
+
+def select_gpu(index: int) -> None:
+    """Make GPU ``index`` current for both CuPy (arrays, cuBLAS) and Numba (kernel launches).
+
+    The two keep separate notions of the current device; selecting only CuPy's would launch
+    Numba's kernels on GPU 0 with pointers into another GPU's memory.
+    """
+    count = gpu_count()
+    if not 0 <= index < count:
+        raise ValueError(f"index: expected a GPU index in [0, {count}), got {index}")
+    if SIMULATOR:
+        return
+    _cupy.cuda.Device(index).use()
+    cuda.select_device(index)
 
 
 def _kernel_args(args):
@@ -231,6 +396,11 @@ def _kernel_args(args):
     return args
 
 
+# Kernels split their thread index with 32-bit unsigned divisions (a 64-bit division is a
+# long software routine on NVIDIA GPUs), which is exact below this many threads.
+MAX_LAUNCH_THREADS = 2 ** 32 - 1
+
+
 def launch(kernel, n_threads, *args, block=256):
     """Launch a 1-D ``@cuda.jit`` kernel with at least ``n_threads`` threads.
 
@@ -238,7 +408,12 @@ def launch(kernel, n_threads, *args, block=256):
     """
     if n_threads <= 0:
         return
+    if n_threads > MAX_LAUNCH_THREADS:
+        raise ValueError(f"launch: {n_threads} threads for {getattr(kernel, '__name__', kernel)}"
+                         f", more than the {MAX_LAUNCH_THREADS} the kernels' 32-bit index math "
+                         "allows; split the batch")
     if SIMULATOR:
+        _warn_simulator()
         # The simulator runs every thread of every block as a Python thread, even past the
         # bounds check: a block no larger than needed saves most of a tiny launch's time.
         block = min(block, (n_threads + 31) // 32 * 32)
@@ -256,6 +431,7 @@ def launch_2d(kernel, shape, *args, block=(16, 16)):
     if rows <= 0 or cols <= 0:
         return
     if SIMULATOR:
+        _warn_simulator()
         block = (min(block[0], rows), min(block[1], cols))
     grid = ((rows + block[0] - 1) // block[0], (cols + block[1] - 1) // block[1])
     if SIMULATOR:

@@ -30,8 +30,9 @@ from numba import cuda, njit, prange
 
 from . import fastmath as fm
 from .checks import check_float, check_floats, check_same_shape, contiguous
-from .device import CPU, array_module, device_of, dispatch, launch
-from .softmax import _exp_shifted, _row_max
+from .device import CPU, array_module, defer_check, device_of, dispatch, launch, to_host
+from .softmax import (WIDE_ROW, _combine_max_sum_cuda, _exp_shifted, _row_max,
+                      row_stats_partials)
 
 __all__ = ["cross_entropy_forward", "mse_forward", "mse_backward", "bce_with_logits_forward",
            "bce_with_logits_backward"]
@@ -83,7 +84,34 @@ def _cross_entropy_rows_cuda(losses, m_out, s_out, x, labels, smoothing):
         for k in range(K):
             s += math.exp(x[n, k] - m)
             shifted += x[n, k] - m
-        loss = math.log(s) - (x.dtype.type(1) - smoothing) * (x[n, labels[n]] - m)
+        # Clamped: a bad label is reported by the deferred check, never read out of bounds.
+        label = min(max(labels[n], 0), K - 1)
+        loss = math.log(s) - (x.dtype.type(1) - smoothing) * (x[n, label] - m)
+        losses[n] = loss - smoothing / x.dtype.type(K) * shifted
+        m_out[n] = m
+        s_out[n] = s
+
+
+@cuda.jit(cache=True)
+def _cross_entropy_finish_cuda(losses, m_out, s_out, pm, ps, pt, x, labels, smoothing):
+    # Wide rows: the row's m, s and sum of (x - m) from the block-per-row partials
+    # (kernels/softmax.py), then the same loss as _cross_entropy_rows_cuda.
+    n = cuda.grid(1)
+    if n < x.shape[0]:
+        K = x.shape[1]
+        B = pm.shape[1]
+        m, s = _combine_max_sum_cuda(pm, ps, n)
+        shifted = x.dtype.type(0)
+        q = K // B
+        r = K - q * B
+        for j in range(B):
+            # pt[n, j] sums (x - pm[n, j]) over the thread's elements (x[n, j::B], q or q + 1
+            # of them): re-centre it on the row's maximum m.
+            count = q + 1 if j < r else q
+            shifted += pt[n, j] + x.dtype.type(count) * (pm[n, j] - m)
+        # Clamped: a bad label is reported by the deferred check, never read out of bounds.
+        label = min(max(labels[n], 0), K - 1)
+        loss = math.log(s) - (x.dtype.type(1) - smoothing) * (x[n, label] - m)
         losses[n] = loss - smoothing / x.dtype.type(K) * shifted
         m_out[n] = m
         s_out[n] = s
@@ -227,10 +255,19 @@ def cross_entropy_forward(logits, labels, reduction="mean", label_smoothing=0.0)
     if N and K == 0:
         raise ValueError(f"logits: need at least one class, got shape {tuple(logits.shape)}")
     if N:
-        low, high = int(labels.min()), int(labels.max())
-        if low < 0 or high >= K:
-            raise ValueError(f"labels: expected class indices in [0, {K}), got values in "
-                             f"[{low}, {high}]")
+        low, high = labels.min(), labels.max()
+
+        def message(low=low, high=high):
+            return (f"labels: expected class indices in [0, {K}), got values in "
+                    f"[{int(to_host(low))}, {int(to_host(high))}]")
+        if device == CPU:
+            if low < 0 or high >= K:
+                raise ValueError(message())
+        else:
+            # Reading low/high here would stall the GPU twice per call: the verdict stays on
+            # the device and is raised at the next read (kernels.to_host / check_errors); the
+            # kernels clamp labels, so a bad one never reads outside the logits.
+            defer_check((low < 0) | (high >= K), message)
     logits, labels = contiguous(xp, logits), contiguous(xp, labels)
     dtype = logits.dtype
     smoothing = dtype.type(label_smoothing)
@@ -244,7 +281,12 @@ def cross_entropy_forward(logits, labels, reduction="mean", label_smoothing=0.0)
         else:
             m = xp.empty(N, dtype=dtype)
             s = xp.empty(N, dtype=dtype)
-            launch(_cross_entropy_rows_cuda, N, losses, m, s, logits, labels, smoothing)
+            if K < WIDE_ROW:
+                launch(_cross_entropy_rows_cuda, N, losses, m, s, logits, labels, smoothing)
+            else:   # a block per row for the statistics
+                pm, ps, pt = row_stats_partials(xp, logits)
+                launch(_cross_entropy_finish_cuda, N, losses, m, s, pm, ps, pt, logits, labels,
+                       smoothing)
             launch(_cross_entropy_grad_cuda, logits.size, grad, logits, labels, m, s,
                    smoothing, scale)
     return _total(xp, losses, dtype, N, reduction), grad

@@ -30,7 +30,7 @@ rounds once, which for float32 is exactly torch's float32 division.  2x2 windows
 from __future__ import annotations
 
 import numpy as np
-from numba import cuda, njit, prange
+from numba import cuda, int64, njit, prange, uint32
 
 from .checks import check_extent, check_float, check_shape, contiguous, pair
 from .device import array_module, device_of, dispatch
@@ -109,15 +109,40 @@ def _max_pool2d_2x2_forward_cpu(y, indices, x, kh, kw, sh, sw, ph, pw):
                 ir[ow] = (2 * oh + (k[ow] >> 1)) * W + 2 * ow + (k[ow] & 1)
 
 
+# Index math of the CUDA kernels in 32-bit unsigned divisions (a 64-bit division is a long
+# software routine on NVIDIA GPUs and kept these kernels at 56-72 registers); device.launch
+# refuses launches of 2**32 threads or more, so every index fits.
+@cuda.jit(device=True, inline=True)
+def _split3_cuda(i, B, C):
+    """(a, b, c) with i = (a*B + b)*C + c."""
+    iu = uint32(i)
+    # uint32() again after each step: uint32 arithmetic is typed uint64, which would make
+    # the next division 64-bit.
+    r = uint32(iu // uint32(C))
+    c = uint32(iu - r * uint32(C))
+    a = uint32(r // uint32(B))
+    b = uint32(r - a * uint32(B))
+    return int64(a), int64(b), int64(c)
+
+
+@cuda.jit(device=True, inline=True)
+def _windows_cuda(h, k, s, pad, OH):
+    """First and last output rows whose window (size k, stride s, padding pad) covers h."""
+    t = h + pad - k + 1
+    lo = int64(0)
+    if t > 0:
+        lo = int64(uint32(uint32(t) + uint32(s - 1)) // uint32(s))
+    hi = min(int64(uint32(h + pad) // uint32(s)), OH - 1)
+    return lo, hi
+
+
 @cuda.jit(cache=True)
 def _max_pool2d_forward_cuda(y, indices, x, kh, kw, sh, sw, ph, pw):
     H, W = x.shape[1], x.shape[2]
     OH, OW = y.shape[1], y.shape[2]
     i = cuda.grid(1)
     if i < y.size:
-        ow = i % OW
-        oh = (i // OW) % OH
-        p = i // (OW * OH)
+        p, oh, ow = _split3_cuda(i, OH, OW)
         h0 = oh * sh - ph
         hs, he = max(h0, 0), min(h0 + kh, H)
         w0 = ow * sw - pw
@@ -166,15 +191,9 @@ def _max_pool2d_backward_cuda(grad_x, grad_y, indices, kh, kw, sh, sw, ph, pw, z
     OH, OW = grad_y.shape[1], grad_y.shape[2]
     i = cuda.grid(1)
     if i < grad_x.size:
-        w_ = i % W
-        h = (i // W) % H
-        p = i // (W * H)
-        t = h + ph - kh + 1
-        oh_lo = 0 if t <= 0 else (t + sh - 1) // sh
-        oh_hi = min((h + ph) // sh, OH - 1)
-        t = w_ + pw - kw + 1
-        ow_lo = 0 if t <= 0 else (t + sw - 1) // sw
-        ow_hi = min((w_ + pw) // sw, OW - 1)
+        p, h, w_ = _split3_cuda(i, H, W)
+        oh_lo, oh_hi = _windows_cuda(h, kh, sh, ph, OH)
+        ow_lo, ow_hi = _windows_cuda(w_, kw, sw, pw, OW)
         j = h * W + w_
         acc = zero
         for oh in range(oh_lo, oh_hi + 1):
@@ -227,9 +246,7 @@ def _avg_pool2d_forward_cuda(y, x, rows, cols, kh, kw, sh, sw, ph, pw, zero):
     OH, OW = y.shape[1], y.shape[2]
     i = cuda.grid(1)
     if i < y.size:
-        ow = i % OW
-        oh = (i // OW) % OH
-        p = i // (OW * OH)
+        p, oh, ow = _split3_cuda(i, OH, OW)
         h0 = oh * sh - ph
         hs, he = max(h0, 0), min(h0 + kh, H)
         w0 = ow * sw - pw
@@ -292,15 +309,9 @@ def _avg_pool2d_backward_cuda(grad_x, grad_y, rows, cols, kh, kw, sh, sw, ph, pw
     OH, OW = grad_y.shape[1], grad_y.shape[2]
     i = cuda.grid(1)
     if i < grad_x.size:
-        w_ = i % W
-        h = (i // W) % H
-        p = i // (W * H)
-        t = h + ph - kh + 1
-        oh_lo = 0 if t <= 0 else (t + sh - 1) // sh
-        oh_hi = min((h + ph) // sh, OH - 1)
-        t = w_ + pw - kw + 1
-        ow_lo = 0 if t <= 0 else (t + sw - 1) // sw
-        ow_hi = min((w_ + pw) // sw, OW - 1)
+        p, h, w_ = _split3_cuda(i, H, W)
+        oh_lo, oh_hi = _windows_cuda(h, kh, sh, ph, OH)
+        ow_lo, ow_hi = _windows_cuda(w_, kw, sw, pw, OW)
         acc = zero
         for oh in range(oh_lo, oh_hi + 1):
             for ow in range(ow_lo, ow_hi + 1):
@@ -366,7 +377,9 @@ def _global_avg_pool2d_backward_cuda(grad_x, grad_y, count):
     n = grad_x.shape[1]
     i = cuda.grid(1)
     if i < grad_x.size:
-        grad_x[i // n, i % n] = grad_y[i // n] / count
+        iu = uint32(i)
+        p = uint32(iu // uint32(n))
+        grad_x[int64(p), int64(iu - p * uint32(n))] = grad_y[int64(p)] / count
 
 
 # ---------------------------------------------------------------- validation
@@ -420,19 +433,22 @@ def _planes(a):
 
 
 def _divisors(xp, dtype, x_shape, geometry, out_shape, count_include_pad):
-    """Per-row and per-column window sizes whose product is each window's divisor."""
+    """Per-row and per-column window sizes whose product is each window's divisor.
+
+    Built with ``xp`` where the data lives: on a GPU a host-built array would be a
+    host-to-device copy on every call."""
     kh, kw, sh, sw, ph, pw = geometry
     H, W = x_shape[2], x_shape[3]
     if count_include_pad:
         # Without ceil mode no window reaches past the padding, so each covers KH x KW.
-        rows = np.full(out_shape[2], kh, dtype=dtype)
-        cols = np.full(out_shape[3], kw, dtype=dtype)
+        rows = xp.full(out_shape[2], kh, dtype=dtype)
+        cols = xp.full(out_shape[3], kw, dtype=dtype)
     else:
-        start = np.arange(out_shape[2]) * sh - ph
-        rows = (np.minimum(start + kh, H) - np.maximum(start, 0)).astype(dtype)
-        start = np.arange(out_shape[3]) * sw - pw
-        cols = (np.minimum(start + kw, W) - np.maximum(start, 0)).astype(dtype)
-    return xp.asarray(rows), xp.asarray(cols)
+        start = xp.arange(out_shape[2]) * sh - ph
+        rows = (xp.minimum(start + kh, H) - xp.maximum(start, 0)).astype(dtype)
+        start = xp.arange(out_shape[3]) * sw - pw
+        cols = (xp.minimum(start + kw, W) - xp.maximum(start, 0)).astype(dtype)
+    return rows, cols
 
 
 # ---------------------------------------------------------------- launchers

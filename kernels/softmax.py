@@ -11,10 +11,13 @@ The backward passes take the forward's output ``y``.  Shifting by the row maximu
 exponential in (0, 1], so nothing overflows, and the maximum's own term is exactly 1:
 log_softmax([1000, 0, -1000]) is exactly [0, -1000, -2000].
 
-CPU: one loop iteration per row (``prange``).  CUDA: a first kernel with one thread per row
-computes the row's statistics (m and s, or the dot product), then one thread per element
-writes the output from them.  Every output element is written once, and every sum is a
-sequential loop of fixed order, so results are deterministic.
+CPU: one loop iteration per row (``prange``).  CUDA: the row's statistics (m and s, or the dot
+product) first, then one thread per element writes the output from them.  Narrow rows
+(K < 64, class scores) take one thread per row for the statistics.  Wide rows take a block
+per row (:func:`row_block`): thread j of block n reduces ``x[n, j::B]`` (consecutive threads
+read consecutive elements, so the loads are coalesced) into partials, and a second kernel
+combines each row's B partials in order.  Every output element is written once, and every
+sum has a fixed order, so results are deterministic.
 """
 from __future__ import annotations
 
@@ -130,6 +133,112 @@ def _log_softmax_forward_cuda(y, x, m, s):
         y[n, k] = (x[n, k] - m[n]) - math.log(s[n])
 
 
+# ---------------------------------------------------------------- wide rows: a block per row
+# Rows at least this wide get a block of threads each; narrower ones one thread each.
+WIDE_ROW = 64
+
+
+def row_block(K):
+    """Threads per row's block: a warp per 256 elements, 1 to 8 warps (so each thread has at
+    least two elements, and every thread at least one, as K >= WIDE_ROW >= 32)."""
+    return 32 * min(8, max(1, K // 256))
+
+
+@cuda.jit(cache=True)
+def _row_stats_partials_cuda(pm, ps, pt, x):
+    # Thread j of block n over x[n, j::B]: its maximum pm, sum of exp(x - pm) ps, and sum of
+    # (x - pm) pt (cross-entropy's label smoothing needs it).
+    n = cuda.blockIdx.x
+    j = cuda.threadIdx.x
+    B = pm.shape[1]
+    K = x.shape[1]
+    if n < x.shape[0] and j < B:
+        m = x[n, j]
+        for k in range(j + B, K, B):
+            v = x[n, k]
+            m = v if v > m else m
+        s = x.dtype.type(0)
+        t = x.dtype.type(0)
+        for k in range(j, K, B):
+            d = x[n, k] - m
+            s += math.exp(d)
+            t += d
+        pm[n, j] = m
+        ps[n, j] = s
+        pt[n, j] = t
+
+
+@cuda.jit(device=True, inline=True)
+def _combine_max_sum_cuda(pm, ps, n):
+    # The row's maximum M and sum of exp(x - M) from its partials, in a fixed order.
+    B = pm.shape[1]
+    m = pm[n, 0]
+    for j in range(1, B):
+        v = pm[n, j]
+        m = v if v > m else m
+    s = ps.dtype.type(0)
+    for j in range(B):
+        s += ps[n, j] * math.exp(pm[n, j] - m)
+    return m, s
+
+
+@cuda.jit(cache=True)
+def _row_max_sum_finish_cuda(m_out, s_out, pm, ps):
+    n = cuda.grid(1)
+    if n < pm.shape[0]:
+        m, s = _combine_max_sum_cuda(pm, ps, n)
+        m_out[n] = m
+        s_out[n] = s
+
+
+@cuda.jit(cache=True)
+def _row_dot_partials_cuda(part, a, b):
+    # Thread j of block n: sum of a[n, k] * b[n, k] over k = j, j + B, ...
+    n = cuda.blockIdx.x
+    j = cuda.threadIdx.x
+    B = part.shape[1]
+    if n < a.shape[0] and j < B:
+        acc = a.dtype.type(0)
+        for k in range(j, a.shape[1], B):
+            acc += a[n, k] * b[n, k]
+        part[n, j] = acc
+
+
+@cuda.jit(cache=True)
+def _row_sum_partials_cuda(part, a):
+    n = cuda.blockIdx.x
+    j = cuda.threadIdx.x
+    B = part.shape[1]
+    if n < a.shape[0] and j < B:
+        acc = a.dtype.type(0)
+        for k in range(j, a.shape[1], B):
+            acc += a[n, k]
+        part[n, j] = acc
+
+
+def row_stats_partials(xp, x):
+    """``(pm, ps, pt)`` (N, B) partials of wide rows, one block per row."""
+    N, K = x.shape
+    B = row_block(K)
+    pm = xp.empty((N, B), dtype=x.dtype)
+    ps = xp.empty((N, B), dtype=x.dtype)
+    pt = xp.empty((N, B), dtype=x.dtype)
+    launch(_row_stats_partials_cuda, N * B, pm, ps, pt, x, block=B)
+    return pm, ps, pt
+
+
+def _row_reduce_cuda(xp, partials_kernel, out, *arrays):
+    """out[n] = the row reduction of ``partials_kernel`` over ``arrays`` (N, K), on the GPU."""
+    N, K = arrays[0].shape
+    if K < WIDE_ROW:
+        launch(_row_dot_cuda if len(arrays) == 2 else _row_sum_cuda, N, out, *arrays)
+        return
+    B = row_block(K)
+    part = xp.empty((N, B), dtype=out.dtype)
+    launch(partials_kernel, N * B, part, *arrays, block=B)
+    launch(_row_sum_cuda, N, out, part)
+
+
 # ---------------------------------------------------------------- backward
 @_cpu
 def _softmax_backward_cpu(grad_x, grad_y, y):
@@ -199,7 +308,11 @@ def _forward(cpu_kernel, cuda_kernel, x):
     else:
         m = xp.empty(x.shape[0], dtype=x.dtype)
         s = xp.empty(x.shape[0], dtype=x.dtype)
-        launch(_row_max_sum_cuda, x.shape[0], m, s, x)
+        if x.shape[1] < WIDE_ROW:
+            launch(_row_max_sum_cuda, x.shape[0], m, s, x)
+        else:
+            pm, ps, _ = row_stats_partials(xp, x)
+            launch(_row_max_sum_finish_cuda, x.shape[0], m, s, pm, ps)
         launch(cuda_kernel, x.size, y, x, m, s)
     return y
 
@@ -228,7 +341,7 @@ def softmax_backward(grad_y, y):
         dispatch(CPU, _softmax_backward_cpu, None, y.size, grad_x, grad_y, y)
     else:
         dot = xp.empty(y.shape[0], dtype=y.dtype)
-        launch(_row_dot_cuda, y.shape[0], dot, grad_y, y)
+        _row_reduce_cuda(xp, _row_dot_partials_cuda, dot, grad_y, y)
         launch(_softmax_backward_cuda, y.size, grad_x, grad_y, y, dot)
     return grad_x
 
@@ -247,6 +360,6 @@ def log_softmax_backward(grad_y, y):
         dispatch(CPU, _log_softmax_backward_cpu, None, y.size, grad_x, grad_y, y)
     else:
         total = xp.empty(y.shape[0], dtype=y.dtype)
-        launch(_row_sum_cuda, y.shape[0], total, grad_y)
+        _row_reduce_cuda(xp, _row_sum_partials_cuda, total, grad_y)
         launch(_log_softmax_backward_cuda, y.size, grad_x, grad_y, y, total)
     return grad_x

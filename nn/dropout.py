@@ -1,8 +1,10 @@
 """Inverted dropout: y = x * keep / (1 - p) in training, y = x in evaluation.
 
-``keep`` is a Bernoulli(1 - p) mask drawn on the host from an explicit NumPy ``Generator``
-(the one given to the layer, else :func:`nn.init.default_generator`, which
-``nn.init.manual_seed`` resets), then moved to the input's device.  Scaling by 1/(1 - p)
+``keep`` is a Bernoulli(1 - p) mask.  On the CPU it is drawn from an explicit NumPy
+``Generator`` (the one given to the layer, else :func:`nn.init.default_generator`, which
+``nn.init.manual_seed`` resets).  On the GPU the generator only draws a seed and the mask is
+made on the device (``kernels.dropout_mask``, a counter-based hash): copying a host mask over
+every step would cost a transfer per layer and batch.  Scaling by 1/(1 - p)
 keeps the expected activation unchanged, so evaluation needs no rescaling.
 ``grad_x = grad_y * keep / (1 - p)`` with the same mask.  ``set_mask`` fixes the mask, which
 makes the layer deterministic (for gradient checks).
@@ -53,9 +55,15 @@ class Dropout(Module):
         if not self.training or (self.p == 0.0 and self.fixed_mask is None):
             self.save_for_backward(None)
             return x
-        scale = 0.0 if self.p == 1.0 else 1.0 / (1.0 - self.p)
-        mask = (self._keep(x.shape) * scale).astype(x.dtype)
-        mask = K.to_device(mask, K.device_of(x))
+        device = K.device_of(x)
+        if device != "cpu" and self.fixed_mask is None:
+            gen = self.generator if self.generator is not None else init.default_generator()
+            seed = int(gen.integers(0, 2 ** 63))
+            mask = K.dropout_mask(x.shape, self.p, seed, x.dtype, device)
+        else:
+            scale = 0.0 if self.p == 1.0 else 1.0 / (1.0 - self.p)
+            mask = (self._keep(x.shape) * scale).astype(x.dtype)
+            mask = K.to_device(mask, device)
         self.save_for_backward(mask)
         return x * mask
 

@@ -120,9 +120,19 @@ class BCELoss(_Loss):
         device = check_floats(p=p, target=target)
         check_same_shape("p", p, "target", target)
         xp = K.array_module(device)
-        if p.size and not (float(p.min()) >= 0.0 and float(p.max()) <= 1.0):
-            raise ValueError(f"p: BCELoss expects probabilities in [0, 1], got values in "
-                             f"[{float(p.min())}, {float(p.max())}]")
+        if p.size:
+            low, high = p.min(), p.max()
+
+            def message(low=low, high=high):
+                return (f"p: BCELoss expects probabilities in [0, 1], got values in "
+                        f"[{float(K.to_host(low))}, {float(K.to_host(high))}]")
+            if device == "cpu":
+                if not (low >= 0.0 and high <= 1.0):
+                    raise ValueError(message())
+            else:
+                # Checked on the device, raised at the next host read (kernels.to_host or
+                # kernels.check_errors): reading p.min()/max() here would stall a GPU.
+                K.defer_check(~((low >= 0.0) & (high <= 1.0)), message)
         with np.errstate(divide="ignore"):  # log(0) = -inf is clamped to -100 just below
             log_p = xp.maximum(xp.log(p), -100.0)
             log_q = xp.maximum(xp.log1p(-p), -100.0)

@@ -109,7 +109,8 @@ class _BatchNorm(Module):
     def _update_running(self, mean, var, count):
         self.num_batches_tracked += 1
         if self.momentum is None:
-            factor = 1.0 / float(self.num_batches_tracked)
+            # On the buffer's device: float() of it would stall a GPU every batch.
+            factor = 1.0 / self.num_batches_tracked
         else:
             factor = self.momentum
         unbiased = var * (count / (count - 1))

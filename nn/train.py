@@ -497,6 +497,7 @@ class Trainer:
         model, loss_fn, optimizer = self.model, self.loss_fn, self.optimizer
         model.train()
         total_loss, total, correct = 0.0, 0, 0
+        hits = None   # correct predictions so far, kept where the outputs live (read once)
         bar = _progress(len(loader), f"epoch {self.epoch}/{epochs}", not self.quiet)
         start = time.perf_counter()
         try:
@@ -517,13 +518,18 @@ class Trainer:
                 total += n
                 if self.task == "classification":
                     xp = kernels.array_module(kernels.device_of(out))
-                    correct += int((xp.argmax(out, axis=1) == y).sum())
+                    batch_hits = (xp.argmax(out, axis=1) == y).sum()
+                    hits = batch_hits if hits is None else hits + batch_hits
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(loss=f"{total_loss / total:.4f}", refresh=False)
         finally:
             if bar is not None:
                 bar.close()
+        # Checks a GPU kept on the device (label ranges, say) are read once per epoch.
+        kernels.check_errors()
+        if hits is not None:
+            correct = int(kernels.to_host(hits))
         if self.comm is not None and self.comm.size > 1:
             from .distributed import allreduce_values
             total_loss, total, correct = allreduce_values(

@@ -90,6 +90,10 @@ EXPENSIVE = {
     r"python -m pytest benchmarks/ --benchmark-only --benchmark-json=results.json":
         "the whole benchmark suite takes many minutes; test_benchmarks_collect checks it "
         "collects every bench_*.py file and test_benchmark_json_and_report runs a small part",
+    r"benchmarks/gpu_check.sh": "installs the cuda extra and needs an NVIDIA GPU; "
+        "tests/kernels/test_cuda_setup.py runs the offline form up to its GPU step",
+    r"GPU_CHECK_OFFLINE=1 benchmarks/gpu_check.sh": "needs an NVIDIA GPU to get past its "
+        "device step; tests/kernels/test_cuda_setup.py runs it here and checks it stops there",
     r"python benchmarks/report.py new.json --compare old.json":
         "needs two runs; test_benchmark_json_and_report runs --compare on one run twice",
 }

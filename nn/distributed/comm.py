@@ -155,7 +155,8 @@ class NCCLComm(Communicator):
         local = self.mpi.comm.Split_type(MPI.COMM_TYPE_SHARED, key=self.rank)
         self.local_rank = local.Get_rank()
         local.Free()
-        xp.cuda.Device(self.local_rank % xp.cuda.runtime.getDeviceCount()).use()
+        # CuPy's and Numba's current device both: collectives and kernels on the same GPU.
+        kernels.device.select_gpu(self.local_rank % kernels.device.gpu_count())
         uid = self._nccl.get_unique_id() if self.rank == 0 else None
         uid = self.mpi.comm.bcast(uid, root=0)  # a tuple or bytes, depending on CuPy's version
         self.comm = self._nccl.NcclCommunicator(self.size, uid, self.rank)

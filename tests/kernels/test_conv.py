@@ -671,11 +671,97 @@ def test_conv_cuda_kernels_lower_for_a_real_gpu(dtype):
 
     f, i = numba.from_dtype(dtype), types.int64
     kernels_and_args = [
-        (conv_cuda._im2col_cuda, [array(f, 3), array(f, 4)] + [i] * 11 + [f]),
-        (conv_cuda._col2im_cuda, [array(f, 4), array(f, 3)] + [i] * 12 + [f]),
-        (conv_cuda._conv2d_backward_bias_cuda, [array(f, 1), array(f, 3), f]),
+        (conv_cuda._im2col_cuda, [array(f, 4), array(f, 4)] + [i] * 11 + [f, f]),
+        (conv_cuda._col2im_cuda, [array(f, 4), array(f, 4)] + [i] * 12 + [f]),
+        (conv_cuda._bias_partials_cuda, [array(f, 2), array(f, 3), f]),
+        (conv_cuda._bias_finish_cuda, [array(f, 1), array(f, 2), f]),
     ]
     for kernel, args in kernels_and_args:
         ir = lower_for_gpu(kernel, args)
         if dtype == np.float32:
             assert float64_ops(ir) == 0, kernel.__name__
+
+
+# ---------------------------------------------------------------- CUDA bias gradient: a block per channel
+@pytest.mark.cuda
+def test_conv_bias_gradient_launches_a_block_per_channel(cuda_device, monkeypatch):
+    """The bias gradient was one thread per channel in one block, summing N*H*W values
+    serially; it is now a reduction with at least one block per output channel, summed in a
+    fixed order (the same bits on every run)."""
+    from kernels import conv_cuda
+    from kernels import device as D
+
+    launches = []
+    real_launch = conv_cuda.launch
+
+    def spy(kernel, n_threads, *args, block=256):
+        launches.append((kernel, n_threads, block))
+        return real_launch(kernel, n_threads, *args, block=block)
+
+    monkeypatch.setattr(conv_cuda, "launch", spy)
+    rng = np.random.default_rng(3)
+    gy_host = rng.standard_normal((3, 5, 7, 9)).astype(np.float32)   # N*P = 189: one warp
+    gy = D.to_device(gy_host, cuda_device)
+    first = K.to_host(K.conv2d_backward_bias(gy))
+    (kernel, n_threads, block), _ = launches[:2]
+    assert kernel is conv_cuda._bias_partials_cuda
+    assert -(-n_threads // block) == 5 and block == 32
+    np.testing.assert_allclose(first, gy_host.astype(np.float64).sum(axis=(0, 2, 3)),
+                               rtol=4 * 189 * np.finfo(np.float32).eps)
+    np.testing.assert_array_equal(first, K.to_host(K.conv2d_backward_bias(gy)))
+
+
+def test_conv_bias_block_sizes():
+    from kernels.conv_cuda import _bias_block
+    assert [_bias_block(n) for n in (1, 256, 257, 2048, 10 ** 6)] == [32, 32, 64, 256, 256]
+
+
+# ---------------------------------------------------------------- CUDA forward: NCHW from cuBLAS, bias in the GEMM
+@pytest.mark.cuda
+@pytest.mark.parametrize("groups, bias", [(1, True), (2, True), (1, False)])
+def test_conv_cuda_forward_writes_the_output_from_the_gemm(cuda_device, monkeypatch, groups,
+                                                          bias):
+    """The forward used to copy the GEMM result into y (a transpose) and add the bias in a
+    separate pass; cuBLAS now writes y itself, with the bias as the weights' last column."""
+    from kernels import conv_cuda
+
+    xp = K.array_module(cuda_device)
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((3, 4, 5, 5))
+    w = rng.standard_normal((6, 4 // groups, 3, 3))
+    b = rng.standard_normal(6) if bias else None
+    outs = []
+    real_matmul = xp.matmul
+
+    def spy(a, c, out=None):
+        outs.append(out)
+        return real_matmul(a, c, out=out)
+
+    monkeypatch.setattr(xp, "matmul", spy, raising=False)
+    launches = []
+    real_launch = conv_cuda.launch
+    monkeypatch.setattr(conv_cuda, "launch", lambda k, n, *a, **kw: (launches.append(k),
+                                                                      real_launch(k, n, *a, **kw)))
+    dev = [None if a is None else K.to_device(a, cuda_device) for a in (x, w, b)]
+    y = K.conv2d_forward(*dev, padding=1, groups=groups)
+    assert len(outs) == 1 and outs[0] is not None and np.shares_memory(outs[0], y)
+    assert launches == [conv_cuda._im2col_cuda]            # no other pass over y
+    np.testing.assert_allclose(K.to_host(y), K.conv2d_forward(x, w, b, padding=1, groups=groups),
+                               rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.cuda
+def test_conv_cuda_backward_skips_the_input_gradient_when_not_needed(cuda_device, monkeypatch):
+    from kernels import conv_cuda
+
+    launches = []
+    real_launch = conv_cuda.launch
+    monkeypatch.setattr(conv_cuda, "launch", lambda k, n, *a, **kw: (launches.append(k),
+                                                                      real_launch(k, n, *a, **kw)))
+    rng = np.random.default_rng(5)
+    x = K.to_device(rng.standard_normal((2, 2, 4, 4)), cuda_device)
+    w = K.to_device(rng.standard_normal((3, 2, 3, 3)), cuda_device)
+    gy = K.to_device(rng.standard_normal((2, 3, 4, 4)), cuda_device)
+    gx, gw, gb = K.conv2d_backward(gy, x, w, padding=1, need_input=False)
+    assert gx is None and gw is not None and gb is not None
+    assert conv_cuda._col2im_cuda not in launches
