@@ -1,12 +1,17 @@
-"""nn.optim's SGD, Adam and AdamW against torch's documented update rules (and torch itself).
+"""nn.optim's SGD, Adam, AdamW, RMSprop and Adagrad against torch's documented update rules
+(and torch 2.13 itself: step by step, over hypothesis-drawn configurations, and through state
+dicts passed between the two).
 
 (Named test_optimizers.py, not test_optim.py: pytest cannot collect two test modules with one
 basename from the package-less tests/kernels and tests/nn folders.)
 """
+import inspect
 import json
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import kernels as K
 import nn
@@ -74,6 +79,60 @@ class ReferenceAdam:
                 p -= lr * m_hat / (np.sqrt(v_hat) + group["eps"])
 
 
+class ReferenceRMSprop:
+    """torch.optim.RMSprop's documented algorithm, in float64."""
+
+    def __init__(self, groups):
+        self.groups = groups
+        self.state = {}
+
+    def step(self, grads):
+        for group in self.groups:
+            for p in group["params"]:
+                g = grads.get(id(p))
+                if g is None:
+                    continue
+                g = -g if group["maximize"] else g
+                s = self.state.setdefault(id(p), dict(v=0 * p, a=0 * p, b=0 * p))
+                if group["weight_decay"]:
+                    g = g + group["weight_decay"] * p
+                alpha = group["alpha"]
+                s["v"] = alpha * s["v"] + (1 - alpha) * g * g
+                v = s["v"]
+                if group["centered"]:
+                    s["a"] = alpha * s["a"] + (1 - alpha) * g
+                    v = v - s["a"] ** 2
+                step = g / (np.sqrt(v) + group["eps"])
+                if group["momentum"] > 0:
+                    s["b"] = group["momentum"] * s["b"] + step
+                    step = s["b"]
+                p -= group["lr"] * step
+
+
+class ReferenceAdagrad:
+    """torch.optim.Adagrad's documented algorithm, in float64."""
+
+    def __init__(self, groups, initial_accumulator_value):
+        self.groups = groups
+        self.init = initial_accumulator_value
+        self.state = {}
+
+    def step(self, grads):
+        for group in self.groups:
+            for p in group["params"]:
+                g = grads.get(id(p))
+                if g is None:
+                    continue
+                g = -g if group["maximize"] else g
+                s = self.state.setdefault(id(p), dict(t=0, sum=0 * p + self.init))
+                s["t"] += 1
+                if group["weight_decay"]:
+                    g = g + group["weight_decay"] * p
+                clr = group["lr"] / (1 + (s["t"] - 1) * group["lr_decay"])
+                s["sum"] = s["sum"] + g * g
+                p -= clr * g / (np.sqrt(s["sum"]) + group["eps"])
+
+
 SHAPES = [(4, 3), (3,), (2, 2, 2), (5,)]
 
 
@@ -110,7 +169,8 @@ def _run(make_ours, make_ref, dtype, device, steps=5, seed=0):
         np.testing.assert_allclose(K.to_host(p.data), ref_values[k], **TOL[dtype],
                                    err_msg=f"parameter {k}")
     np.testing.assert_array_equal(K.to_host(params[3].data), values[3].astype(dtype))
-    assert params[3] not in ours.state
+    # Adagrad creates every parameter's state up front (as torch); it never steps the frozen one
+    assert params[3] not in ours.state or ours.state[params[3]]["step"] == 0
     return ours, params
 
 
@@ -119,6 +179,7 @@ SGD_GROUPS = [
     dict(momentum=0.9, dampening=0.0, weight_decay=0.0, nesterov=False),
     dict(momentum=0.9, dampening=0.0, weight_decay=0.01, nesterov=True),
     dict(momentum=0.8, dampening=0.25, weight_decay=0.1, nesterov=False),
+    dict(momentum=0.9, dampening=0.0, weight_decay=0.01, nesterov=True, maximize=True),
 ]
 
 
@@ -149,7 +210,8 @@ def test_sgd_matches_reference_with_groups(device, dtype, options, skip_without)
     def ref(values):
         body = dict(options, params=values[:2], lr=0.05)
         head = dict(options, params=values[2:], lr=0.2, momentum=0.5)
-        return ReferenceSGD([body, head])
+        sign = -1.0 if options.get("maximize") else 1.0
+        return _Negated(ReferenceSGD([body, head]), sign)
 
     opt, params = _run(ours, ref, dtype, device)
     assert [g["lr"] for g in opt.param_groups] == [0.05, 0.2]
@@ -157,10 +219,21 @@ def test_sgd_matches_reference_with_groups(device, dtype, options, skip_without)
     assert opt.param_groups[0]["momentum"] == options["momentum"]
 
 
+class _Negated:
+    """A reference run on the negated gradients: what ``maximize=True`` must do."""
+
+    def __init__(self, ref, sign):
+        self.ref, self.sign = ref, sign
+
+    def step(self, grads):
+        self.ref.step({k: self.sign * g for k, g in grads.items()})
+
+
 ADAM_OPTIONS = [
     dict(betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False),
     dict(betas=(0.8, 0.99), eps=1e-6, weight_decay=0.05, amsgrad=True),
     dict(betas=(0.3, 0.9), eps=1e-8, weight_decay=0.1, amsgrad=False),
+    dict(betas=(0.9, 0.99), eps=1e-8, weight_decay=0.1, amsgrad=True, maximize=True),
 ]
 
 
@@ -176,22 +249,109 @@ def test_adam_matches_reference_with_groups(device, dtype, options, cls, skip_wi
                                        {"params": params[2:], "lr": 0.03}], **options)
 
     def ref(values):
-        return ReferenceAdam([dict(options, params=values[:2], lr=0.01),
-                              dict(options, params=values[2:], lr=0.03)], decoupled)
+        ref = ReferenceAdam([dict(options, params=values[:2], lr=0.01),
+                             dict(options, params=values[2:], lr=0.03)], decoupled)
+        return _Negated(ref, -1.0 if options.get("maximize") else 1.0)
+
+    _run(ours, ref, dtype, device)
+
+
+RMSPROP_OPTIONS = [
+    dict(alpha=0.99, eps=1e-8, weight_decay=0, momentum=0, centered=False, maximize=False),
+    dict(alpha=0.9, eps=1e-6, weight_decay=0.1, momentum=0, centered=True, maximize=False),
+    dict(alpha=0.95, eps=1e-8, weight_decay=0.01, momentum=0.9, centered=False, maximize=True),
+    dict(alpha=0.8, eps=1e-8, weight_decay=0.1, momentum=0.1, centered=True, maximize=True),
+]
+
+
+@pytest.mark.parametrize("device,dtype", _device_dtype_cases())
+@pytest.mark.parametrize("options", RMSPROP_OPTIONS)
+def test_rmsprop_matches_reference_with_groups(device, dtype, options, skip_without):
+    skip_without(device)
+
+    def ours(params):
+        return nn.optim.RMSprop([{"params": params[:2], "lr": 0.01},
+                                 {"params": params[2:], "lr": 0.003, "momentum": 0.5}],
+                                **options)
+
+    def ref(values):
+        return ReferenceRMSprop([dict(options, params=values[:2], lr=0.01),
+                                 dict(options, params=values[2:], lr=0.003, momentum=0.5)])
+
+    opt, params = _run(ours, ref, dtype, device)
+    # the second group's momentum (0.5) creates buffers even where the first group's is 0
+    assert "momentum_buffer" in opt.state[params[2]]
+    assert ("momentum_buffer" in opt.state[params[0]]) == (options["momentum"] > 0)
+    assert ("grad_avg" in opt.state[params[0]]) == options["centered"]
+
+
+ADAGRAD_OPTIONS = [
+    dict(lr_decay=0, weight_decay=0, initial_accumulator_value=0, eps=1e-10, maximize=False),
+    dict(lr_decay=0.5, weight_decay=0.1, initial_accumulator_value=0, eps=1e-10,
+         maximize=False),
+    dict(lr_decay=0.1, weight_decay=0.1, initial_accumulator_value=0.1, eps=1e-6,
+         maximize=True),
+]
+
+
+@pytest.mark.parametrize("device,dtype", _device_dtype_cases())
+@pytest.mark.parametrize("options", ADAGRAD_OPTIONS)
+def test_adagrad_matches_reference_with_groups(device, dtype, options, skip_without):
+    skip_without(device)
+
+    def ours(params):
+        return nn.optim.Adagrad([{"params": params[:2], "lr": 0.1},
+                                 {"params": params[2:], "lr": 0.03, "lr_decay": 0.2}],
+                                **options)
+
+    def ref(values):
+        group = {k: v for k, v in options.items() if k != "initial_accumulator_value"}
+        return ReferenceAdagrad([dict(group, params=values[:2], lr=0.1),
+                                 dict(group, params=values[2:], lr=0.03, lr_decay=0.2)],
+                                options["initial_accumulator_value"])
 
     _run(ours, ref, dtype, device)
 
 
 def test_defaults_are_torchs():
+    """Without torch: the defaults torch 2.13 documents, in its group-key order."""
     p = [nn.Parameter(np.zeros(3))]
-    assert {k: v for k, v in nn.optim.SGD(p).param_groups[0].items() if k != "params"} == dict(
-        lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False)
-    adam = nn.optim.Adam(p).param_groups[0]
-    adamw = nn.optim.AdamW(p).param_groups[0]
-    assert (adam["lr"], adam["betas"], adam["eps"], adam["weight_decay"], adam["amsgrad"]) == (
-        1e-3, (0.9, 0.999), 1e-8, 0.0, False)
-    assert adamw["weight_decay"] == 1e-2 and adamw["decoupled_weight_decay"]
-    assert not adam["decoupled_weight_decay"]
+    groups = {name: {k: v for k, v in getattr(nn.optim, name)(p).param_groups[0].items()
+                     if k != "params"}
+              for name in ("SGD", "Adam", "AdamW", "RMSprop", "Adagrad")}
+    assert list(groups["SGD"].items()) == list(dict(
+        lr=1e-3, momentum=0, dampening=0, weight_decay=0, nesterov=False, maximize=False,
+        foreach=None, differentiable=False, fused=None).items())
+    adam = dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0, amsgrad=False,
+                maximize=False, foreach=None, capturable=False, differentiable=False,
+                fused=None, decoupled_weight_decay=False)
+    assert list(groups["Adam"].items()) == list(adam.items())
+    assert list(groups["AdamW"].items()) == list(dict(adam, weight_decay=1e-2,
+                                                      decoupled_weight_decay=True).items())
+    assert list(groups["RMSprop"].items()) == list(dict(
+        lr=1e-2, momentum=0, alpha=0.99, eps=1e-8, centered=False, weight_decay=0,
+        capturable=False, foreach=None, maximize=False, differentiable=False).items())
+    assert list(groups["Adagrad"].items()) == list(dict(
+        lr=1e-2, lr_decay=0, eps=1e-10, weight_decay=0, initial_accumulator_value=0,
+        foreach=None, maximize=False, differentiable=False, fused=None).items())
+
+
+OPTIMIZERS = ["SGD", "Adam", "AdamW", "RMSprop", "Adagrad"]
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_signature_and_group_keys_are_torchs(name):
+    """Same argument names, order, kinds and defaults as torch 2.13, and the same groups."""
+    torch = pytest.importorskip("torch")
+    ours_sig = inspect.signature(getattr(nn.optim, name))
+    theirs_sig = inspect.signature(getattr(torch.optim, name))
+    describe = lambda sig: [(q.name, q.kind, q.default) for q in sig.parameters.values()]  # noqa: E731
+    assert describe(ours_sig) == describe(theirs_sig)
+    ours = getattr(nn.optim, name)([nn.Parameter(np.zeros(3))], lr=0.1)
+    theirs = getattr(torch.optim, name)([torch.zeros(3, requires_grad=True)], lr=0.1)
+    strip = lambda g: [(k, v) for k, v in g.items() if k != "params"]  # noqa: E731
+    assert strip(ours.state_dict()["param_groups"][0]) == strip(
+        theirs.state_dict()["param_groups"][0])
 
 
 # ---------------------------------------------------------------- against torch itself
@@ -225,9 +385,53 @@ def _torch_case(cls_name, options, dtype, steps=6):
     ("Adam", dict(lr=0.01, betas=(0.8, 0.95), weight_decay=0.1, amsgrad=True)),
     ("AdamW", dict(lr=0.01)),
     ("AdamW", dict(lr=0.01, weight_decay=0.3, amsgrad=True, eps=1e-6)),
+    ("SGD", dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-3, maximize=True)),
+    ("Adam", dict(lr=0.01, weight_decay=0.1, amsgrad=True, maximize=True)),
+    ("AdamW", dict(lr=0.01, weight_decay=0.3, maximize=True)),
+    ("RMSprop", dict()),
+    ("RMSprop", dict(lr=1e-3, weight_decay=0.1)),
+    ("RMSprop", dict(weight_decay=0.1, centered=True)),
+    ("RMSprop", dict(maximize=True, weight_decay=0.1)),
+    ("RMSprop", dict(weight_decay=0.1, centered=True, momentum=0.1, maximize=True)),
+    ("RMSprop", dict(alpha=0.3, momentum=0.9, eps=1e-6)),
+    ("Adagrad", dict()),
+    ("Adagrad", dict(weight_decay=0.1, maximize=True)),
+    ("Adagrad", dict(lr=0.1, initial_accumulator_value=0.1, weight_decay=0.1)),
+    ("Adagrad", dict(lr=0.1, lr_decay=0.5, weight_decay=0.1, eps=1e-6)),
 ])
 def test_matches_torch(cls_name, options, dtype):
     _torch_case(cls_name, options, dtype)
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data(), dtype=st.sampled_from([np.float32, np.float64]))
+def test_hypothesis_configurations_match_torch(data, dtype):
+    """Random hyperparameter combinations of every optimizer, six steps against torch."""
+    pytest.importorskip("torch")
+    name = data.draw(st.sampled_from(OPTIMIZERS), label="optimizer")
+    unit = st.floats(0.0, 0.95)
+    options = dict(lr=data.draw(st.floats(1e-4, 0.2)), maximize=data.draw(st.booleans()),
+                   weight_decay=data.draw(st.sampled_from([0.0, 1e-3, 0.1])))
+    if name == "SGD":
+        options["momentum"] = data.draw(st.sampled_from([0.0, 0.5, 0.9]))
+        if options["momentum"] and data.draw(st.booleans()):
+            options["nesterov"] = True
+        else:
+            options["dampening"] = data.draw(unit)
+    elif name in ("Adam", "AdamW"):
+        options.update(betas=(data.draw(unit), data.draw(st.floats(0.5, 0.999))),
+                       eps=data.draw(st.sampled_from([1e-8, 1e-6])),
+                       amsgrad=data.draw(st.booleans()))
+    elif name == "RMSprop":
+        options.update(alpha=data.draw(st.floats(0.05, 0.999)),
+                       eps=data.draw(st.sampled_from([1e-8, 1e-6, 1e-3])),
+                       momentum=data.draw(st.sampled_from([0.0, 0.1, 0.9])),
+                       centered=data.draw(st.booleans()))
+    else:
+        options.update(lr_decay=data.draw(st.sampled_from([0.0, 0.1, 1.0])),
+                       initial_accumulator_value=data.draw(st.sampled_from([0.0, 0.1, 1.0])),
+                       eps=data.draw(st.sampled_from([1e-10, 1e-6])))
+    _torch_case(name, options, dtype)
 
 
 # ---------------------------------------------------------------- state dicts
@@ -377,17 +581,82 @@ def test_step_returns_closure_value_and_minimises():
 
 
 def test_named_parameters_and_add_param_group():
-    ps = [nn.Parameter(np.ones(3)), nn.Parameter(np.ones(2))]
+    ps = [nn.Parameter(np.ones(3)), nn.Parameter(np.ones(2)), nn.Parameter(np.ones(1))]
     opt = nn.optim.SGD([("body.weight", ps[0])], lr=0.1)
     assert opt.param_groups[0]["param_names"] == ["body.weight"]
-    opt.add_param_group({"params": ps[1], "lr": 0.5})
+    opt.add_param_group({"params": [("head.weight", ps[1])], "lr": 0.5})
     assert opt.param_groups[1]["params"] == [ps[1]] and opt.param_groups[1]["lr"] == 0.5
+    assert opt.state_dict()["param_groups"][1]["param_names"] == ["head.weight"]
     with pytest.raises(ValueError, match="more than one parameter group"):
-        opt.add_param_group({"params": [ps[0]]})
+        opt.add_param_group({"params": [("again", ps[0])]})
+    # torch's rule: every group named or none (state dicts match parameters by position)
+    with pytest.raises(ValueError, match="all optimizer param groups should be with/without "
+                                         "names. cannot add param group without names"):
+        opt.add_param_group({"params": ps[2]})
+    unnamed = nn.optim.SGD([ps[0]])
+    unnamed.add_param_group({"params": ps[1], "lr": 0.5})  # a bare Parameter in a group is fine
+    with pytest.raises(ValueError, match="all optimizer param groups should be with/without "
+                                         "names. cannot add param group with names"):
+        unnamed.add_param_group({"params": [("c", ps[2])]})
+    assert len(unnamed.param_groups) == 2
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_torch_error_inputs_are_rejected_alike(name):
+    """The error inputs torch 2.13's OptimInfo gives every optimizer, with torch's wording."""
+    cls = getattr(nn.optim, name)
+    a, b = nn.Parameter(np.ones((1, 1))), nn.Parameter(np.ones((1, 1)))
+    with pytest.raises(TypeError, match="params argument given to the optimizer should be an "
+                                        "iterable of Parameters or dicts, but got a single"):
+        cls(a)
+    with pytest.raises(ValueError, match="some parameters appear in more than one parameter "
+                                         "group"):
+        cls([{"params": a}, {"params": a}])
+    with pytest.raises(ValueError, match="all optimizer params should be with/without names. "
+                                         "Some param names are missing"):
+        cls([("weight", a), b])
+    with pytest.raises(ValueError, match="all optimizer param groups should be with/without "
+                                         "names. cannot add param group with names to the "
+                                         "optimizer"):
+        cls([{"params": [a], "lr": 1e-2}, {"params": [("weight", b)]}])
+    with pytest.raises(ValueError, match="Invalid learning rate: -0.5"):
+        cls([a], lr=-0.5)
+    with pytest.raises(NotImplementedError, match="differentiable=True"):
+        cls([a], differentiable=True)
+    with pytest.raises(TypeError, match="maximize: expected True or False, got 'yes'"):
+        cls([a], maximize="yes")
+
+
+def test_optimizer_specific_torch_errors():
+    p = [nn.Parameter(np.ones(2))]
+    with pytest.raises(ValueError, match="Invalid momentum value: -1.0"):
+        nn.optim.RMSprop(p, lr=1e-2, momentum=-1.0)
+    with pytest.raises(ValueError, match="Invalid alpha value: -0.1"):
+        nn.optim.RMSprop(p, alpha=-0.1)
+    with pytest.raises(ValueError, match="Invalid epsilon value: -1"):
+        nn.optim.RMSprop(p, eps=-1)
+    with pytest.raises(ValueError, match="Invalid lr_decay value: -0.5"):
+        nn.optim.Adagrad(p, lr=1e-2, lr_decay=-0.5)
+    with pytest.raises(ValueError, match="Invalid initial_accumulator_value value: -1"):
+        nn.optim.Adagrad(p, initial_accumulator_value=-1)
+    with pytest.raises(ValueError, match="`fused` and `foreach` cannot be `True` together"):
+        nn.optim.Adagrad(p, foreach=True, fused=True)
+    with pytest.raises(ValueError, match="`fused` does not support `differentiable`"):
+        nn.optim.Adam(p, fused=True, differentiable=True)
+    with pytest.raises(NotImplementedError, match="capturable=True"):
+        nn.optim.RMSprop(p, capturable=True)
+    with pytest.raises(TypeError, match="centered: expected True or False"):
+        nn.optim.RMSprop(p, centered=None)
+    # implementation switches with no effect on the result are accepted and kept
+    opt = nn.optim.AdamW(p, foreach=True)
+    assert opt.param_groups[0]["foreach"] is True
+    assert nn.optim.SGD(p, fused=True).param_groups[0]["fused"] is True
 
 
 def test_bad_arguments():
     p = nn.Parameter(np.ones(3))
+    with pytest.raises(TypeError, match="single Parameter"):
+        nn.optim.SGD(p)  # before this release a bare Parameter was quietly wrapped
     with pytest.raises(ValueError, match="empty parameter list"):
         nn.optim.SGD([])
     with pytest.raises(TypeError, match=r"params'\]\[0\].*nn.Parameter.*ndarray"):
