@@ -450,7 +450,11 @@ def _train(opt_factory, params, rng_seed, steps):
                             momentum=0.9, nesterov=True),
     lambda ps: nn.optim.Adam(ps, lr=0.01, amsgrad=True, weight_decay=0.01),
     lambda ps: nn.optim.AdamW([{"params": ps[:2], "lr": 0.02}, {"params": ps[2:]}]),
-], ids=["sgd", "adam", "adamw"])
+    lambda ps: nn.optim.RMSprop([{"params": ps[:1], "momentum": 0.9}, {"params": ps[1:]}],
+                                centered=True, maximize=True),
+    lambda ps: nn.optim.Adagrad([{"params": ps[:2], "lr_decay": 0.1}, {"params": ps[2:]}],
+                                initial_accumulator_value=0.1),
+], ids=["sgd", "adam", "adamw", "rmsprop", "adagrad"])
 def test_state_dict_round_trip_continues_exactly(factory, tmp_path):
     rng = np.random.default_rng(7)
     start = [rng.standard_normal(s).astype(np.float32) for s in SHAPES[:3]]
@@ -480,6 +484,138 @@ def test_state_dict_round_trip_continues_exactly(factory, tmp_path):
     hyper = lambda opt: [{k: v for k, v in g.items() if k != "params"}  # noqa: E731
                          for g in opt.param_groups]
     assert hyper(opt_c) == hyper(opt_a)
+
+
+def _to_numpy(obj):
+    """A torch state dict with every tensor as a NumPy array (what a converter would write)."""
+    torch = pytest.importorskip("torch")
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().numpy().copy()
+    if isinstance(obj, dict):
+        return {k: _to_numpy(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_to_numpy(v) for v in obj]
+    return obj
+
+
+def _to_torch(obj):
+    torch = pytest.importorskip("torch")
+    if isinstance(obj, np.ndarray):
+        return torch.from_numpy(obj.copy())
+    if isinstance(obj, dict):
+        return {k: _to_torch(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_to_torch(v) for v in obj]
+    return obj
+
+
+TORCH_STATE_CASES = [
+    ("SGD", dict(lr=0.1, momentum=0.9, nesterov=True, maximize=True)),
+    ("Adam", dict(lr=0.01, amsgrad=True, weight_decay=0.1)),
+    ("AdamW", dict(lr=0.01, maximize=True)),
+    ("RMSprop", dict(lr=0.01, momentum=0.5, centered=True, weight_decay=0.1)),
+    ("RMSprop", dict(lr=0.01)),
+    ("Adagrad", dict(lr=0.1, lr_decay=0.1, initial_accumulator_value=0.2, maximize=True)),
+]
+
+
+@pytest.mark.parametrize("direction", ["torch_to_ours", "ours_to_torch"])
+@pytest.mark.parametrize("cls_name,options", TORCH_STATE_CASES)
+def test_state_dicts_travel_between_torch_and_ours(cls_name, options, direction):
+    """Three steps in one library, the state dict moves (as NumPy arrays), three more in the
+    other: the parameters follow torch's uninterrupted run, and both state dicts have the same
+    keys at every level."""
+    torch = pytest.importorskip("torch")
+    dtype = np.float64
+    rng = np.random.default_rng(11)
+    start = [rng.standard_normal(s).astype(dtype) for s in SHAPES[:3]]
+    grads = [[rng.standard_normal(s).astype(dtype) for s in SHAPES[:3]] for _ in range(6)]
+    groups = lambda ps: [{"params": ps[:1], "lr": 0.02}, {"params": ps[1:]}]  # noqa: E731
+
+    def torch_run(values, steps, state=None):
+        tps = [torch.tensor(v.copy(), requires_grad=True) for v in values]
+        opt = getattr(torch.optim, cls_name)(groups(tps), **options)
+        if state is not None:
+            opt.load_state_dict(state)
+        for gs in steps:
+            for tp, g in zip(tps, gs):
+                tp.grad = torch.tensor(g)
+            opt.step()
+        return [tp.detach().numpy().copy() for tp in tps], opt
+
+    def our_run(values, steps, state=None):
+        ps = [nn.Parameter(v.copy()) for v in values]
+        opt = getattr(nn.optim, cls_name)(groups(ps), **options)
+        if state is not None:
+            opt.load_state_dict(state)
+        for gs in steps:
+            for p, g in zip(ps, gs):
+                p.grad = g
+            opt.step()
+        return [p.data.copy() for p in ps], opt
+
+    want, uninterrupted = torch_run(start, grads)
+    if direction == "torch_to_ours":
+        middle, first = torch_run(start, grads[:3])
+        got, second = our_run(middle, grads[3:], _to_numpy(first.state_dict()))
+    else:
+        middle, first = our_run(start, grads[:3])
+        sd = first.state_dict()
+        json.dumps(sd["param_groups"])
+        got, second = torch_run(middle, grads[3:], _to_torch(sd))
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+    # the continued run's state is the uninterrupted torch run's, key for key
+    ours, theirs = _to_numpy(second.state_dict()), _to_numpy(uninterrupted.state_dict())
+    assert list(ours) == list(theirs) == ["state", "param_groups"]
+    assert sorted(ours["state"]) == sorted(theirs["state"])
+    for k in ours["state"]:
+        assert sorted(ours["state"][k]) == sorted(theirs["state"][k])
+        for name, value in ours["state"][k].items():
+            np.testing.assert_allclose(value, theirs["state"][k][name], rtol=1e-12,
+                                       atol=1e-14, err_msg=f"state[{k}][{name!r}]")
+    assert ours["param_groups"] == theirs["param_groups"]
+    # and ours has the same layout as torch's (first is the optimizer that was saved)
+    saved_ours = _to_numpy(first.state_dict() if direction == "ours_to_torch"
+                           else second.state_dict())
+    assert [list(g) for g in saved_ours["param_groups"]] == [
+        list(g) for g in theirs["param_groups"]]
+
+
+def test_a_state_dict_without_the_new_options_still_loads():
+    """Checkpoints written before maximize and torch's switches existed take the defaults."""
+    ps = [nn.Parameter(np.ones(3))]
+    old = {"state": {0: {"step": np.int64(2), "exp_avg": np.full(3, 0.5),
+                         "exp_avg_sq": np.full(3, 0.25)}},
+           "param_groups": [{"lr": 0.01, "betas": [0.9, 0.999], "eps": 1e-8,
+                             "weight_decay": 0.0, "amsgrad": False,
+                             "decoupled_weight_decay": False, "params": [0]}]}
+    opt = nn.optim.Adam(ps, maximize=True)
+    opt.load_state_dict(old)
+    group = opt.param_groups[0]
+    assert group["maximize"] is True and group["foreach"] is None and group["betas"] == (
+        0.9, 0.999)
+    assert opt.state[ps[0]]["step"] == 2
+    ps[0].grad = np.ones(3)
+    opt.step()
+    assert opt.state[ps[0]]["step"] == 3
+
+
+def test_adagrad_state_exists_from_the_start_as_torchs():
+    ps = [nn.Parameter(np.ones(3)), nn.Parameter(np.ones(2, np.float32))]
+    opt = nn.optim.Adagrad([{"params": ps[:1]}, {"params": ps[1:],
+                                                  "initial_accumulator_value": 5.0}],
+                           initial_accumulator_value=0.5)
+    sd = opt.state_dict()
+    assert sorted(sd["state"]) == [0, 1] and sd["state"][0]["step"] == 0
+    # torch fills every sum with the constructor's value, even for a group naming its own
+    np.testing.assert_array_equal(sd["state"][1]["sum"], np.full(2, 0.5, np.float32))
+    assert sd["state"][1]["sum"].dtype == np.float32
+    late = nn.Parameter(np.ones(4))
+    opt.add_param_group({"params": [late]})
+    late.grad = np.ones(4)
+    opt.step()
+    np.testing.assert_allclose(opt.state[late]["sum"], np.full(4, 1.5))
 
 
 def test_state_dict_layout_is_torchs():
