@@ -196,21 +196,37 @@ _adagrad_rule_cpu = njit(inline="always")(_adagrad_rule)
 _adagrad_rule_cuda = cuda.jit(device=True)(_adagrad_rule)
 
 
+# One loop per combination of the two buffers: a load or store under a condition, even a
+# loop-invariant one, stops LLVM vectorising the loop (3-4x slower single-threaded on 1M
+# float32).  The GPU kernel below needs no such split.
 @njit(parallel=True, cache=True)
 def _rmsprop_step_cpu(param, grad, square_avg, grad_avg, buf, alpha, one_minus_alpha, w,
                       one_minus_w, eps, weight_decay, momentum, neg_lr, use_weight_decay,
                       centered, use_momentum, maximize):
-    for i in prange(param.size):
-        p, s, a, b = _rmsprop_rule_cpu(
-            param[i], grad[i], square_avg[i], grad_avg[i] if centered else param[i],
-            buf[i] if use_momentum else param[i], alpha, one_minus_alpha, w, one_minus_w, eps,
-            weight_decay, momentum, neg_lr, use_weight_decay, centered, use_momentum, maximize)
-        param[i] = p
-        square_avg[i] = s
-        if centered:
-            grad_avg[i] = a
-        if use_momentum:
-            buf[i] = b
+    if centered and use_momentum:
+        for i in prange(param.size):
+            param[i], square_avg[i], grad_avg[i], buf[i] = _rmsprop_rule_cpu(
+                param[i], grad[i], square_avg[i], grad_avg[i], buf[i],
+                alpha, one_minus_alpha, w, one_minus_w, eps, weight_decay, momentum, neg_lr,
+                use_weight_decay, True, True, maximize)
+    elif centered:
+        for i in prange(param.size):
+            param[i], square_avg[i], grad_avg[i], _ = _rmsprop_rule_cpu(
+                param[i], grad[i], square_avg[i], grad_avg[i], grad[i],
+                alpha, one_minus_alpha, w, one_minus_w, eps, weight_decay, momentum, neg_lr,
+                use_weight_decay, True, False, maximize)
+    elif use_momentum:
+        for i in prange(param.size):
+            param[i], square_avg[i], _, buf[i] = _rmsprop_rule_cpu(
+                param[i], grad[i], square_avg[i], grad[i], buf[i],
+                alpha, one_minus_alpha, w, one_minus_w, eps, weight_decay, momentum, neg_lr,
+                use_weight_decay, False, True, maximize)
+    else:
+        for i in prange(param.size):
+            param[i], square_avg[i], _, _ = _rmsprop_rule_cpu(
+                param[i], grad[i], square_avg[i], grad[i], grad[i],
+                alpha, one_minus_alpha, w, one_minus_w, eps, weight_decay, momentum, neg_lr,
+                use_weight_decay, False, False, maximize)
 
 
 @cuda.jit(cache=True)
