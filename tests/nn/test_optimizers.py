@@ -355,25 +355,62 @@ def test_signature_and_group_keys_are_torchs(name):
 
 
 # ---------------------------------------------------------------- against torch itself
-def _torch_case(cls_name, options, dtype, steps=6):
+def _torch_run(lib, cls_name, options, dtype, steps=6, nudge=False):
+    """Parameters after ``steps`` steps of ``lib`` ("ours" or "torch"), as float64 arrays.
+
+    Two groups, one parameter without a gradient on step 3.  Start values and gradients are
+    drawn in float64 and rounded to ``dtype``, so runs in both dtypes see the same numbers;
+    ``nudge`` moves each of them one ulp up.
+    """
+    up = (lambda a: np.nextafter(a, np.inf)) if nudge else (lambda a: a)  # noqa: E731
     torch = pytest.importorskip("torch")
     rng = np.random.default_rng(3)
-    values = [rng.standard_normal(s).astype(dtype) for s in SHAPES[:3]]
-    params = [nn.Parameter(v.copy()) for v in values]
-    tparams = [torch.tensor(v.copy(), requires_grad=True) for v in values]
-    groups = lambda ps: [{"params": ps[:1], "lr": 0.02}, {"params": ps[1:]}]  # noqa: E731
-    ours = getattr(nn.optim, cls_name)(groups(params), **options)
-    theirs = getattr(torch.optim, cls_name)(groups(tparams), **options)
+    values = [up(rng.standard_normal(s).astype(np.float32).astype(dtype)) for s in SHAPES[:3]]
+    if lib == "torch":
+        params = [torch.tensor(v.copy(), requires_grad=True) for v in values]
+    else:
+        params = [nn.Parameter(v.copy()) for v in values]
+    groups = [{"params": params[:1], "lr": 0.02}, {"params": params[1:]}]
+    opt = getattr(torch.optim if lib == "torch" else nn.optim, cls_name)(groups, **options)
     for step in range(steps):
-        for k, (p, tp) in enumerate(zip(params, tparams)):
-            g = rng.standard_normal(p.shape).astype(dtype)
-            skip = step == 3 and k == 2
-            p.grad = None if skip else g
-            tp.grad = None if skip else torch.tensor(g)
-        ours.step()
-        theirs.step()
-    for p, tp in zip(params, tparams):
-        np.testing.assert_allclose(p.data, tp.detach().numpy(), **TOL[dtype])
+        for k, p in enumerate(params):
+            g = up(rng.standard_normal(p.shape).astype(np.float32).astype(dtype))
+            g = None if step == 3 and k == 2 else g
+            p.grad = torch.tensor(g) if lib == "torch" and g is not None else g
+        opt.step()
+    out = [p.detach().numpy() if lib == "torch" else p.data for p in params]
+    assert all(a.dtype == dtype for a in out)
+    return [a.astype(np.float64) for a in out]
+
+
+def _torch_case(cls_name, options, dtype):
+    ours = _torch_run("ours", cls_name, options, dtype)
+    theirs = _torch_run("torch", cls_name, options, dtype)
+    for a, b in zip(ours, theirs):
+        np.testing.assert_allclose(a, b, **TOL[dtype])
+
+
+def _torch_case_conditioned(cls_name, options):
+    """float32 against torch 2.13 where the configuration may be ill-conditioned.
+
+    Some configurations amplify rounding errors: centered RMSprop with a small ``alpha``
+    takes the square root of ``s - a*a``, a difference of nearly equal numbers, and momentum
+    carries the error on.  There float32 results (torch's included) are off the float64 ones
+    by far more than a few ulps, and two correct float32 implementations that round a little
+    differently (torch's compiler may fuse multiply-adds, ours does not) disagree as much.
+    The amplification is measured, not guessed: ``spread`` is how far torch's float32 result
+    moves when every input moves by one ulp.  Ours must be within a few times that (plus
+    torch's own float32 error) of torch in float64 from the same inputs; where the
+    configuration is well-conditioned this is the plain float32 tolerance.
+    """
+    truth = _torch_run("torch", cls_name, options, np.float64)
+    theirs = _torch_run("torch", cls_name, options, np.float32)
+    nudged = _torch_run("torch", cls_name, options, np.float32, nudge=True)
+    ours = _torch_run("ours", cls_name, options, np.float32)
+    for k, (a, b, c, t) in enumerate(zip(ours, theirs, nudged, truth)):
+        amplified = np.max(np.abs(b - t)) + np.max(np.abs(c - b))
+        bound = 4 * amplified + TOL[np.float32]["rtol"] * np.max(np.abs(t)) + 1e-6
+        assert np.max(np.abs(a - t)) <= bound, (k, np.max(np.abs(a - t)), amplified)
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
@@ -403,12 +440,15 @@ def test_matches_torch(cls_name, options, dtype):
     _torch_case(cls_name, options, dtype)
 
 
-@settings(max_examples=60, deadline=None)
-@given(data=st.data(), dtype=st.sampled_from([np.float32, np.float64]))
-def test_hypothesis_configurations_match_torch(data, dtype):
-    """Random hyperparameter combinations of every optimizer, six steps against torch."""
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("name", OPTIMIZERS)
+@settings(max_examples=100, deadline=None)
+@given(data=st.data())
+def test_hypothesis_configurations_match_torch(name, dtype, data):
+    """100 random hyperparameter combinations per optimizer and dtype, six steps against
+    torch (two parameter groups, one parameter without a gradient on one step); in float32
+    relative to torch's own float32 error (see _torch_case_conditioned)."""
     pytest.importorskip("torch")
-    name = data.draw(st.sampled_from(OPTIMIZERS), label="optimizer")
     unit = st.floats(0.0, 0.95)
     options = dict(lr=data.draw(st.floats(1e-4, 0.2)), maximize=data.draw(st.booleans()),
                    weight_decay=data.draw(st.sampled_from([0.0, 1e-3, 0.1])))
@@ -431,7 +471,10 @@ def test_hypothesis_configurations_match_torch(data, dtype):
         options.update(lr_decay=data.draw(st.sampled_from([0.0, 0.1, 1.0])),
                        initial_accumulator_value=data.draw(st.sampled_from([0.0, 0.1, 1.0])),
                        eps=data.draw(st.sampled_from([1e-10, 1e-6])))
-    _torch_case(name, options, dtype)
+    if dtype == np.float64:
+        _torch_case(name, options, dtype)
+    else:
+        _torch_case_conditioned(name, options)
 
 
 # ---------------------------------------------------------------- state dicts
