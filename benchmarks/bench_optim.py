@@ -9,8 +9,8 @@ of one call is the bytes it must move, ``5 * 4 * n`` for SGD with momentum (read
 write p, buf), ``7 * 4 * n`` for Adam (read p, g, m, v; write p, m, v), ``5 * 4 * n`` for
 RMSprop and Adagrad (read p, g, one average; write p and it) and ``9 * 4 * n`` for centered
 RMSprop with momentum (read p, g and three buffers; write p and them).  ``extra_info`` has
-``bytes`` and ``GB/s`` (bytes over the median); compare with the machine's copy bandwidth (about 30 GB/s
-for arrays past the L3 on the 2-core CI machine, per PERFORMANCE.md).
+``bytes`` and ``GB/s`` (bytes over the median); compare with the machine's copy bandwidth
+(about 30 GB/s for arrays past the L3 on the 2-core CI machine, per PERFORMANCE.md).
 
 * ``impl=ours``: :func:`kernels.sgd_step` / :func:`kernels.adam_step` (one fused pass);
 * ``impl=numpy``: the same update with in-place NumPy ops (several passes, as an array
