@@ -345,8 +345,8 @@ def test_signature_and_group_keys_are_torchs(name):
     torch = pytest.importorskip("torch")
     ours_sig = inspect.signature(getattr(nn.optim, name))
     theirs_sig = inspect.signature(getattr(torch.optim, name))
-    describe = lambda sig: [(q.name, q.kind, q.default) for q in sig.parameters.values()]  # noqa: E731
-    assert describe(ours_sig) == describe(theirs_sig)
+    assert [(q.name, q.kind, q.default) for q in ours_sig.parameters.values()] == [
+        (q.name, q.kind, q.default) for q in theirs_sig.parameters.values()]
     ours = getattr(nn.optim, name)([nn.Parameter(np.zeros(3))], lr=0.1)
     theirs = getattr(torch.optim, name)([torch.zeros(3, requires_grad=True)], lr=0.1)
     strip = lambda g: [(k, v) for k, v in g.items() if k != "params"]  # noqa: E731
