@@ -34,6 +34,13 @@ def _check_range(name, value, low=0.0, high=None, high_open=True):
 
     The message starts as torch's (``Invalid momentum value: -1.0``) and adds the range.
     """
+    if name == "learning rate" and hasattr(value, "shape"):
+        # torch takes a one-element tensor lr (kept as a tensor for CUDA graphs); here the
+        # rate is a plain number, and torch's own error comes first for a longer one.
+        if int(np.prod(value.shape)) != 1:
+            raise ValueError(f"Tensor lr must be 1-element (lr has shape {tuple(value.shape)})")
+        raise TypeError(f"lr: expected a number, got a one-element {type(value).__name__}; "
+                        f"pass float(lr)")
     if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
         raise TypeError(f"{name}: expected a number, got {type(value).__name__}")
     ok = value >= low and (high is None or (value < high if high_open else value <= high))

@@ -800,6 +800,10 @@ def test_torch_error_inputs_are_rejected_alike(name):
         cls([{"params": [a], "lr": 1e-2}, {"params": [("weight", b)]}])
     with pytest.raises(ValueError, match="Invalid learning rate: -0.5"):
         cls([a], lr=-0.5)
+    with pytest.raises(ValueError, match="Tensor lr must be 1-element"):
+        cls([a], lr=np.array([0.001, 0.001]))
+    with pytest.raises(TypeError, match="lr: expected a number, got a one-element ndarray"):
+        cls([a], lr=np.array(0.001))  # a torch-only form: refused, named
     with pytest.raises(NotImplementedError, match="differentiable=True"):
         cls([a], differentiable=True)
     with pytest.raises(TypeError, match="maximize: expected True or False, got 'yes'"):
