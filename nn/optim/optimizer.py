@@ -1,13 +1,22 @@
 """Optimizers with torch.optim's update rules, parameter groups and state dicts.
 
 Each ``step()`` runs one fused kernel per parameter (:func:`kernels.sgd_step`,
-:func:`kernels.adam_step`) that applies weight decay, updates the momentum or moment buffers
-and the parameter in place, on the parameter's own device and in its own dtype.
+:func:`kernels.adam_step`, :func:`kernels.rmsprop_step`, :func:`kernels.adagrad_step`) that
+applies weight decay, updates the momentum or moment buffers and the parameter in place, on
+the parameter's own device and in its own dtype.
 
 ``state_dict()`` has torch's layout: ``{"state": {index: {name: array or number}},
 "param_groups": [{hyperparameters..., "params": [index, ...]}]}`` where indices number the
-parameters across groups in order.  Arrays are host NumPy copies and everything else is
-JSON-able, so :func:`nn.save` can store it without pickle.
+parameters across groups in order.  The state keys (``momentum_buffer``; ``step``,
+``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq``; ``square_avg``, ``grad_avg``; ``sum``) and
+the group keys, in torch 2.13's order, are torch's, so a torch optimizer's state dict with its
+tensors turned into NumPy arrays loads here and ours loads into torch.  Arrays are host NumPy
+copies and everything else is JSON-able, so :func:`nn.save` can store it without pickle.
+
+torch's implementation switches ``foreach``, ``fused`` and ``capturable`` are kept in the
+groups (so the layouts match) and accepted: every step here is one fused kernel per parameter
+whatever they say.  ``capturable=True`` (CUDA-graph capture) and ``differentiable=True``
+(autograd through the step) have no counterpart and raise NotImplementedError.
 """
 from __future__ import annotations
 
@@ -17,17 +26,53 @@ import kernels as K
 
 from ..module import Parameter
 
-__all__ = ["Optimizer", "SGD", "Adam", "AdamW"]
+__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "Adagrad"]
 
 
 def _check_range(name, value, low=0.0, high=None, high_open=True):
-    """A float hyperparameter in ``[low, high)`` (or ``[low, inf)``); ValueError otherwise."""
+    """A float hyperparameter in ``[low, high)`` (or ``[low, inf)``); ValueError otherwise.
+
+    The message starts as torch's (``Invalid momentum value: -1.0``) and adds the range.
+    """
+    if name == "learning rate" and hasattr(value, "shape"):
+        # torch takes a one-element tensor lr (kept as a tensor for CUDA graphs); here the
+        # rate is a plain number, and torch's own error comes first for a longer one.
+        if int(np.prod(value.shape)) != 1:
+            raise ValueError(f"Tensor lr must be 1-element (lr has shape {tuple(value.shape)})")
+        raise TypeError(f"lr: expected a number, got a one-element {type(value).__name__}; "
+                        f"pass float(lr)")
     if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
         raise TypeError(f"{name}: expected a number, got {type(value).__name__}")
     ok = value >= low and (high is None or (value < high if high_open else value <= high))
     if not ok:
         upper = "inf)" if high is None else (f"{high})" if high_open else f"{high}]")
-        raise ValueError(f"Invalid {name}: expected a value in [{low}, {upper}, got {value!r}")
+        raise ValueError(f"Invalid {name}: {value} (expected a value in [{low}, {upper})")
+
+
+def _check_flag(group, name):
+    value = group[name]
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name}: expected True or False, got {value!r}")
+
+
+def _check_switches(group):
+    """torch's implementation switches present in ``group``: accepted or clearly refused."""
+    for name in ("foreach", "fused"):
+        if name in group and group[name] not in (None, True, False):
+            raise TypeError(f"{name}: expected None, True or False, got {group[name]!r}")
+    if group.get("fused") and group.get("foreach"):
+        raise ValueError("`fused` and `foreach` cannot be `True` together (fused=True, "
+                         "foreach=True)")
+    if group.get("fused") and group.get("differentiable"):
+        raise ValueError("`fused` does not support `differentiable` (fused=True, "
+                         "differentiable=True)")
+    if group.get("differentiable"):
+        raise NotImplementedError("differentiable=True: autograd through the optimizer step "
+                                  "is not supported (gradients are written by hand here)")
+    if group.get("capturable"):
+        raise NotImplementedError("capturable=True: CUDA-graph capture is not supported; the "
+                                  "step count lives on the host")
+    _check_flag(group, "maximize")
 
 
 class Optimizer:
@@ -41,7 +86,11 @@ class Optimizer:
         self.defaults = dict(defaults)
         self.state = {}  # Parameter -> dict of buffers and counters
         self.param_groups = []
-        if isinstance(params, (Parameter, dict)):
+        if isinstance(params, Parameter):
+            raise TypeError("params argument given to the optimizer should be an iterable of "
+                            "Parameters or dicts, but got a single Parameter (pass [p] or "
+                            "model.parameters())")
+        if isinstance(params, dict):
             params = [params]
         if isinstance(params, set):
             raise TypeError("params: use a list, not a set (a set's order changes between "
@@ -70,13 +119,21 @@ class Optimizer:
         names = [p[0] for p in params if isinstance(p, tuple)]
         params = [p[1] if isinstance(p, tuple) else p for p in params]
         if names and len(names) != len(params):
-            raise ValueError("param_group['params']: give every parameter a name or none")
+            raise ValueError(f"all optimizer params should be with/without names. Some param "
+                             f"names are missing (param_group['params'] has {len(names)} named "
+                             f"of {len(params)})")
         for k, p in enumerate(params):
             if not isinstance(p, Parameter):
                 raise TypeError(f"param_group['params'][{k}]: the optimizer can only optimize "
                                 f"nn.Parameter objects, got {type(p).__name__}")
         if len({id(p) for p in params}) != len(params):
             raise ValueError("param_group['params']: a parameter appears more than once")
+        for k, other in enumerate(self.param_groups):
+            if bool(names) != ("param_names" in other):
+                raise ValueError(f"all optimizer param groups should be with/without names. "
+                                 f"cannot add param group {'with' if names else 'without'} "
+                                 f"names to the optimizer (group {k} is "
+                                 f"{'without' if names else 'with'} names)")
         seen = {id(p) for g in self.param_groups for p in g["params"]}
         if any(id(p) in seen for p in params):
             raise ValueError("some parameters appear in more than one parameter group")
@@ -164,7 +221,9 @@ class Optimizer:
             restored = {}
             for name, value in entry.items():
                 if hasattr(value, "shape") and np.ndim(value) == 0:
-                    value = value.item()
+                    value = K.to_host(value).item()
+                if name == "step" and isinstance(value, float) and value.is_integer():
+                    value = int(value)  # torch keeps the count as a float tensor
                 if hasattr(value, "shape"):
                     if tuple(value.shape) != p.shape:
                         raise ValueError(f"optimizer state_dict: state[{key}][{name!r}] has shape"
@@ -176,9 +235,15 @@ class Optimizer:
         for group, saved in zip(self.param_groups, saved_groups):
             new = {k: (list(v) if isinstance(v, list) else v)
                    for k, v in saved.items() if k != "params"}
+            # Options a state dict from an older version (or torch's) lacks take the defaults,
+            # as torch's __setstate__ does.
+            for key, value in self.defaults.items():
+                new.setdefault(key, value)
             if "betas" in new:
                 new["betas"] = tuple(new["betas"])
             new["params"] = group["params"]
+            if "param_names" in group and "param_names" not in new:
+                new["param_names"] = group["param_names"]
             self._check_group(new)
             new_groups.append(new)
         # Update the group dicts in place: schedulers hold references to them.
@@ -198,10 +263,13 @@ class Optimizer:
 class SGD(Optimizer):
     """Stochastic gradient descent with torch's momentum, dampening, Nesterov and weight decay."""
 
-    def __init__(self, params, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0,
-                 nesterov=False):
+    def __init__(self, params, lr=1e-3, momentum=0, dampening=0, weight_decay=0,
+                 nesterov=False, *, maximize=False, foreach=None, differentiable=False,
+                 fused=None):
         super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening,
-                                      weight_decay=weight_decay, nesterov=nesterov))
+                                      weight_decay=weight_decay, nesterov=nesterov,
+                                      maximize=maximize, foreach=foreach,
+                                      differentiable=differentiable, fused=fused))
 
     def _check_group(self, group):
         _check_range("learning rate", group["lr"])
@@ -210,6 +278,7 @@ class SGD(Optimizer):
         _check_range("weight_decay value", group["weight_decay"])
         if group["nesterov"] and (group["momentum"] <= 0 or group["dampening"] != 0):
             raise ValueError("Nesterov momentum requires a momentum and zero dampening")
+        _check_switches(group)
 
     def _update(self, p, state, group):
         momentum = group["momentum"]
@@ -219,16 +288,21 @@ class SGD(Optimizer):
             buf = K.array_module(p.device).empty_like(p.data)
             state["momentum_buffer"] = buf
         K.sgd_step(p.data, p.grad, buf if momentum != 0 else None, group["lr"], momentum,
-                   group["dampening"], group["weight_decay"], group["nesterov"], first)
+                   group["dampening"], group["weight_decay"], group["nesterov"], first,
+                   group["maximize"])
 
 
 class Adam(Optimizer):
     """Adam (optionally AMSGrad); ``decoupled_weight_decay=True`` makes it AdamW."""
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
-                 amsgrad=False, *, decoupled_weight_decay=False):
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0,
+                 amsgrad=False, *, foreach=None, maximize=False, capturable=False,
+                 differentiable=False, fused=None, decoupled_weight_decay=False):
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps,
                                       weight_decay=weight_decay, amsgrad=amsgrad,
+                                      maximize=maximize, foreach=foreach,
+                                      capturable=capturable, differentiable=differentiable,
+                                      fused=fused,
                                       decoupled_weight_decay=decoupled_weight_decay))
 
     def _check_group(self, group):
@@ -240,6 +314,7 @@ class Adam(Optimizer):
         _check_range("beta parameter at index 0", betas[0], high=1.0)
         _check_range("beta parameter at index 1", betas[1], high=1.0)
         _check_range("weight_decay value", group["weight_decay"])
+        _check_switches(group)
 
     def _update(self, p, state, group):
         xp = K.array_module(p.device)
@@ -254,13 +329,100 @@ class Adam(Optimizer):
         K.adam_step(p.data, p.grad, state["exp_avg"], state["exp_avg_sq"],
                     state.get("max_exp_avg_sq"), state["step"], group["lr"], beta1, beta2,
                     group["eps"], group["weight_decay"], group["decoupled_weight_decay"],
-                    group["amsgrad"])
+                    group["amsgrad"], group["maximize"])
 
 
 class AdamW(Adam):
     """Adam with decoupled weight decay: ``p *= 1 - lr * weight_decay`` before the Adam step."""
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
-                 amsgrad=False):
+                 amsgrad=False, *, maximize=False, foreach=None, capturable=False,
+                 differentiable=False, fused=None):
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
-                         amsgrad=amsgrad, decoupled_weight_decay=True)
+                         amsgrad=amsgrad, foreach=foreach, maximize=maximize,
+                         capturable=capturable, differentiable=differentiable, fused=fused,
+                         decoupled_weight_decay=True)
+
+
+class RMSprop(Optimizer):
+    """RMSprop as torch's: a running average of squared gradients scales each step.
+
+    ``centered`` subtracts the squared running average of the gradients (an estimate of the
+    variance instead of the second moment); ``momentum > 0`` adds a momentum buffer.
+    """
+
+    def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0, momentum=0,
+                 centered=False, capturable=False, foreach=None, maximize=False,
+                 differentiable=False):
+        super().__init__(params, dict(lr=lr, momentum=momentum, alpha=alpha, eps=eps,
+                                      centered=centered, weight_decay=weight_decay,
+                                      capturable=capturable, foreach=foreach,
+                                      maximize=maximize, differentiable=differentiable))
+
+    def _check_group(self, group):
+        _check_range("learning rate", group["lr"])
+        _check_range("epsilon value", group["eps"])
+        _check_range("momentum value", group["momentum"])
+        _check_range("weight_decay value", group["weight_decay"])
+        _check_range("alpha value", group["alpha"])
+        _check_flag(group, "centered")
+        _check_switches(group)
+
+    def _update(self, p, state, group):
+        xp = K.array_module(p.device)
+        if not state:
+            state["step"] = 0
+            state["square_avg"] = xp.zeros_like(p.data)
+        # As torch, the buffers are created with the state; one a later change of the group's
+        # options asks for is created then (torch would fail with a KeyError).
+        if group["momentum"] > 0 and "momentum_buffer" not in state:
+            state["momentum_buffer"] = xp.zeros_like(p.data)
+        if group["centered"] and "grad_avg" not in state:
+            state["grad_avg"] = xp.zeros_like(p.data)
+        state["step"] += 1
+        K.rmsprop_step(p.data, p.grad, state["square_avg"], state.get("grad_avg"),
+                       state.get("momentum_buffer"), group["lr"], group["alpha"], group["eps"],
+                       group["weight_decay"], group["momentum"], group["centered"],
+                       group["maximize"])
+
+
+class Adagrad(Optimizer):
+    """Adagrad as torch's: each element's step shrinks with its sum of squared gradients.
+
+    As torch, the state (``step`` 0 and ``sum`` filled with ``initial_accumulator_value``)
+    exists from construction, so a fresh optimizer's state dict already lists it, and the
+    constructor's ``initial_accumulator_value`` fills every sum, also one of a group that
+    names its own value or one added later with :meth:`add_param_group`.
+    """
+
+    def __init__(self, params, lr=1e-2, lr_decay=0, weight_decay=0, initial_accumulator_value=0,
+                 eps=1e-10, foreach=None, *, maximize=False, differentiable=False, fused=None):
+        super().__init__(params, dict(lr=lr, lr_decay=lr_decay, eps=eps,
+                                      weight_decay=weight_decay,
+                                      initial_accumulator_value=initial_accumulator_value,
+                                      foreach=foreach, maximize=maximize,
+                                      differentiable=differentiable, fused=fused))
+        for group in self.param_groups:
+            for p in group["params"]:
+                self._init_state(p, self.state.setdefault(p, {}))
+
+    def _check_group(self, group):
+        _check_range("learning rate", group["lr"])
+        _check_range("lr_decay value", group["lr_decay"])
+        _check_range("weight_decay value", group["weight_decay"])
+        _check_range("initial_accumulator_value value", group["initial_accumulator_value"])
+        _check_range("epsilon value", group["eps"])
+        _check_switches(group)
+
+    def _init_state(self, p, state):
+        state["step"] = 0
+        xp = K.array_module(p.device)
+        state["sum"] = xp.full(p.shape, self.defaults["initial_accumulator_value"], p.dtype)
+
+    def _update(self, p, state, group):
+        if not state:
+            self._init_state(p, state)
+        state["step"] += 1
+        K.adagrad_step(p.data, p.grad, state["sum"], state["step"], group["lr"],
+                       group["lr_decay"], group["weight_decay"], group["eps"],
+                       group["maximize"])

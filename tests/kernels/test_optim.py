@@ -9,9 +9,11 @@ import kernels as K
 RTOL = {np.float32: 4e-6, np.float64: 1e-13}
 
 
-def sgd_reference(p, g, buf, lr, momentum, dampening, weight_decay, nesterov, first_step):
+def sgd_reference(p, g, buf, lr, momentum, dampening, weight_decay, nesterov, first_step,
+                  maximize=False):
     """torch.optim.SGD's single-tensor rule in NumPy, scalars cast to the parameter's dtype."""
     dt = p.dtype.type
+    g = -g if maximize else g
     if weight_decay != 0:
         g = g + dt(weight_decay) * p
     if momentum != 0:
@@ -24,9 +26,10 @@ def sgd_reference(p, g, buf, lr, momentum, dampening, weight_decay, nesterov, fi
 
 
 def adam_reference(p, g, m, v, vmax, step, lr, beta1, beta2, eps, weight_decay, decoupled,
-                   amsgrad):
+                   amsgrad, maximize=False):
     """torch.optim.Adam / AdamW's single-tensor rule in NumPy."""
     dt = p.dtype.type
+    g = -g if maximize else g
     if weight_decay != 0:
         if decoupled:
             p[...] = p * dt(1 - lr * weight_decay)
@@ -43,11 +46,45 @@ def adam_reference(p, g, m, v, vmax, step, lr, beta1, beta2, eps, weight_decay, 
     p[...] = p + dt(-step_size) * m / denom
 
 
+def rmsprop_reference(p, g, s, a, b, lr, alpha, eps, weight_decay, momentum, centered,
+                      maximize):
+    """torch.optim.RMSprop's single-tensor rule in NumPy, in torch's order of roundings."""
+    dt = p.dtype.type
+    g = -g if maximize else g
+    if weight_decay != 0:
+        g = g + dt(weight_decay) * p
+    s[...] = s * dt(alpha) + dt(1 - alpha) * g * g
+    if centered:
+        w = dt(1 - alpha)
+        a[...] = a + w * (g - a) if abs(w) < 0.5 else g - (g - a) * (dt(1) - w)
+        d = np.sqrt(s + (-a) * a) + dt(eps)
+    else:
+        d = np.sqrt(s) + dt(eps)
+    if momentum > 0:
+        b[...] = b * dt(momentum) + g / d
+        p[...] = p + dt(-lr) * b
+    else:
+        p[...] = p + dt(-lr) * g / d
+
+
+def adagrad_reference(p, g, s, step, lr, lr_decay, weight_decay, eps, maximize):
+    """torch.optim.Adagrad's single-tensor rule in NumPy."""
+    dt = p.dtype.type
+    g = -g if maximize else g
+    if weight_decay != 0:
+        g = g + dt(weight_decay) * p
+    s[...] = s + g * g
+    clr = lr / (1 + (step - 1) * lr_decay)
+    p[...] = p + dt(-clr) * g / (np.sqrt(s) + dt(eps))
+
+
 SGD_CONFIGS = [
     dict(lr=0.1, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False),
     dict(lr=0.05, momentum=0.9, dampening=0.0, weight_decay=0.0, nesterov=False),
     dict(lr=0.05, momentum=0.9, dampening=0.0, weight_decay=1e-2, nesterov=True),
     dict(lr=0.2, momentum=0.5, dampening=0.3, weight_decay=0.1, nesterov=False),
+    dict(lr=0.05, momentum=0.9, dampening=0.0, weight_decay=1e-2, nesterov=True, maximize=True),
+    dict(lr=0.1, momentum=0.0, dampening=0.0, weight_decay=0.1, nesterov=False, maximize=True),
 ]
 
 ADAM_CONFIGS = [
@@ -60,6 +97,31 @@ ADAM_CONFIGS = [
     # beta1 < 0.5 takes lerp's other branch
     dict(lr=1e-2, beta1=0.3, beta2=0.9, eps=1e-8, weight_decay=1e-2, decoupled=True,
          amsgrad=True),
+    dict(lr=1e-2, beta1=0.9, beta2=0.99, eps=1e-8, weight_decay=0.1, decoupled=False,
+         amsgrad=True, maximize=True),
+    dict(lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.1, decoupled=True,
+         amsgrad=False, maximize=True),
+]
+
+RMSPROP_CONFIGS = [
+    dict(lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, centered=False,
+         maximize=False),
+    dict(lr=1e-2, alpha=0.9, eps=1e-6, weight_decay=0.1, momentum=0.0, centered=True,
+         maximize=False),
+    dict(lr=3e-3, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.9, centered=False,
+         maximize=True),
+    dict(lr=1e-2, alpha=0.8, eps=1e-8, weight_decay=0.05, momentum=0.5, centered=True,
+         maximize=True),
+    # 1 - alpha >= 0.5 takes lerp's other branch
+    dict(lr=1e-2, alpha=0.3, eps=1e-8, weight_decay=0.0, momentum=0.1, centered=True,
+         maximize=False),
+]
+
+ADAGRAD_CONFIGS = [
+    dict(lr=1e-2, lr_decay=0.0, weight_decay=0.0, eps=1e-10, maximize=False, init=0.0),
+    dict(lr=0.1, lr_decay=0.5, weight_decay=0.1, eps=1e-10, maximize=False, init=0.0),
+    dict(lr=0.1, lr_decay=0.0, weight_decay=0.1, eps=1e-6, maximize=True, init=0.1),
+    dict(lr=0.05, lr_decay=0.2, weight_decay=0.0, eps=1e-10, maximize=True, init=0.5),
 ]
 
 
@@ -101,6 +163,68 @@ def test_adam_step_matches_reference(device, dtype, rng, config):
         np.testing.assert_allclose(K.to_host(got), want, rtol=RTOL[dtype], atol=0)
 
 
+@pytest.mark.parametrize("config", RMSPROP_CONFIGS)
+def test_rmsprop_step_matches_reference(device, dtype, rng, config):
+    shape = _shape(device)
+    p_ref = rng.standard_normal(shape).astype(dtype)
+    s_ref, a_ref, b_ref = (np.zeros(shape, dtype) for _ in range(3))
+    p, s, a, b = (K.to_device(x.copy(), device) for x in (p_ref, s_ref, a_ref, b_ref))
+    for _ in range(4):
+        g = rng.standard_normal(shape).astype(dtype)
+        K.rmsprop_step(p, K.to_device(g, device), s, a if config["centered"] else None,
+                       b if config["momentum"] else None, **config)
+        rmsprop_reference(p_ref, g, s_ref, a_ref, b_ref, **config)
+    assert np.all(np.isfinite(p_ref))
+    for got, want in ((p, p_ref), (s, s_ref), (a, a_ref), (b, b_ref)):
+        assert K.device_of(got) == device and got.dtype == dtype
+        np.testing.assert_allclose(K.to_host(got), want, rtol=RTOL[dtype], atol=0)
+    if not config["centered"]:
+        assert not np.any(K.to_host(a))  # an unused buffer is never written
+    if not config["momentum"]:
+        assert not np.any(K.to_host(b))
+
+
+@pytest.mark.parametrize("config", ADAGRAD_CONFIGS)
+def test_adagrad_step_matches_reference(device, dtype, rng, config):
+    config = dict(config)
+    init = config.pop("init")
+    shape = _shape(device)
+    p_ref = rng.standard_normal(shape).astype(dtype)
+    s_ref = np.full(shape, init, dtype)
+    p, s = K.to_device(p_ref.copy(), device), K.to_device(s_ref.copy(), device)
+    for step in range(1, 5):
+        g = rng.standard_normal(shape).astype(dtype)
+        K.adagrad_step(p, K.to_device(g, device), s, step, **config)
+        adagrad_reference(p_ref, g, s_ref, step, **config)
+    for got, want in ((p, p_ref), (s, s_ref)):
+        assert K.device_of(got) == device and got.dtype == dtype
+        np.testing.assert_allclose(K.to_host(got), want, rtol=RTOL[dtype], atol=0)
+
+
+def test_maximize_is_descent_on_the_negated_gradient(rng):
+    """maximize=True with g gives exactly the update of maximize=False with -g."""
+    p = rng.standard_normal(40)
+    g = rng.standard_normal(40)
+    cases = [
+        lambda p, g, m, bufs: K.sgd_step(p, g, bufs[0], 0.1, 0.9, 0.0, 0.1, True, True, m),
+        lambda p, g, m, bufs: K.adam_step(p, g, bufs[0], bufs[1], bufs[2], 1, 0.1, 0.9, 0.99,
+                                          1e-8, 0.1, False, True, m),
+        lambda p, g, m, bufs: K.rmsprop_step(p, g, bufs[0], bufs[1], bufs[2], 0.1, 0.9, 1e-8,
+                                             0.1, 0.5, True, m),
+        lambda p, g, m, bufs: K.adagrad_step(p, g, bufs[0], 1, 0.1, 0.0, 0.1, 1e-10, m),
+    ]
+    for run in cases:
+        pa, pb = p.copy(), p.copy()
+        bufs_a = [np.zeros(40) for _ in range(3)]
+        bufs_b = [np.zeros(40) for _ in range(3)]
+        run(pa, g, True, bufs_a)
+        run(pb, -g, False, bufs_b)
+        np.testing.assert_array_equal(pa, pb)
+        assert not np.array_equal(pa, p)
+        for x, y in zip(bufs_a, bufs_b):
+            np.testing.assert_array_equal(x, y)
+
+
 def test_float32_follows_float64(rng):
     """The float32 update is the float64 one to float32 precision (no silent upcast)."""
     p64 = rng.standard_normal(1000)
@@ -133,24 +257,34 @@ def test_empty_parameter():
     p = np.zeros((0, 3))
     K.sgd_step(p, p.copy(), p.copy(), 0.1, momentum=0.9, first_step=True)
     K.adam_step(p, p.copy(), p.copy(), p.copy(), p.copy(), 1, 0.1, amsgrad=True)
+    K.rmsprop_step(p, p.copy(), p.copy(), p.copy(), p.copy(), 0.1, momentum=0.9, centered=True)
+    K.adagrad_step(p, p.copy(), p.copy(), 1, 0.1)
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("kind", ["sgd", "adam"])
+@pytest.mark.parametrize("kind", ["sgd", "adam", "rmsprop", "adagrad"])
 def test_cpu_and_cuda_agree(cuda_device, dtype, rng, kind):
     shape = (6, 9)
     state = [rng.standard_normal(shape).astype(dtype)]
-    state += [np.zeros(shape, dtype)] * (1 if kind == "sgd" else 3)
+    state += [np.full(shape, 0.1, dtype)
+              for _ in range({"sgd": 1, "adam": 3, "rmsprop": 3, "adagrad": 1}[kind])]
     cpu = [a.copy() for a in state]
     gpu = [K.to_device(a.copy(), cuda_device) for a in state]
     for step in range(1, 4):
         g = rng.standard_normal(shape).astype(dtype)
         for arrays, grad in ((cpu, g), (gpu, K.to_device(g, cuda_device))):
             if kind == "sgd":
-                K.sgd_step(arrays[0], grad, arrays[1], 0.1, 0.9, 0.1, 0.01, False, step == 1)
-            else:
+                K.sgd_step(arrays[0], grad, arrays[1], 0.1, 0.9, 0.1, 0.01, False, step == 1,
+                           step == 2)
+            elif kind == "adam":
                 K.adam_step(arrays[0], grad, arrays[1], arrays[2], arrays[3], step, 0.01,
-                            0.9, 0.999, 1e-8, 0.01, True, True)
+                            0.9, 0.999, 1e-8, 0.01, True, True, step == 2)
+            elif kind == "rmsprop":
+                K.rmsprop_step(arrays[0], grad, arrays[1], arrays[2], arrays[3], 0.01, 0.9,
+                               1e-8, 0.01, 0.5, True, step == 2)
+            else:
+                K.adagrad_step(arrays[0], grad, arrays[1], step, 0.1, 0.1, 0.01, 1e-10,
+                               step == 2)
     for a, b in zip(cpu, gpu):
         np.testing.assert_allclose(K.to_host(b), a, rtol=RTOL[dtype], atol=0)
 
@@ -192,6 +326,36 @@ def test_adam_rejects_bad_arguments(rng):
         K.adam_step(p, z(p), z(p), np.zeros(4), None, 1, 0.1)
     with pytest.raises(TypeError, match="exp_avg.*float32"):
         K.adam_step(p, z(p), z(p, dtype=np.float32), z(p), None, 1, 0.1)
+
+
+def test_rmsprop_and_adagrad_reject_bad_arguments(rng):
+    p = rng.standard_normal(5)
+    z = np.zeros_like
+    with pytest.raises(ValueError, match="grad_avg: required when centered=True"):
+        K.rmsprop_step(p, z(p), z(p), None, None, 0.1, centered=True)
+    with pytest.raises(ValueError, match=r"momentum_buf: required when momentum > 0"):
+        K.rmsprop_step(p, z(p), z(p), None, None, 0.1, momentum=0.5)
+    with pytest.raises(ValueError, match=r"param and square_avg.*\(5,\).*\(4,\)"):
+        K.rmsprop_step(p, z(p), np.zeros(4), None, None, 0.1)
+    with pytest.raises(TypeError, match="grad_avg.*float32"):
+        K.rmsprop_step(p, z(p), z(p), z(p, dtype=np.float32), None, 0.1, centered=True)
+    with pytest.raises(ValueError, match=r"alpha: expected a value in \[0.0, inf\), got -0.5"):
+        K.rmsprop_step(p, z(p), z(p), None, None, 0.1, alpha=-0.5)
+    with pytest.raises(ValueError, match=r"eps: expected a value in \[0.0, inf\)"):
+        K.rmsprop_step(p, z(p), z(p), None, None, 0.1, eps=-1.0)
+    with pytest.raises(ValueError, match="step: expected a positive integer"):
+        K.adagrad_step(p, z(p), z(p), 0, 0.1)
+    with pytest.raises(ValueError, match=r"lr_decay: expected a value in \[0.0, inf\)"):
+        K.adagrad_step(p, z(p), z(p), 1, 0.1, lr_decay=-0.5)
+    with pytest.raises(ValueError, match=r"param and state_sum.*\(5,\).*\(6,\)"):
+        K.adagrad_step(p, z(p), np.zeros(6), 1, 0.1)
+    with pytest.raises(ValueError, match="state_sum: must be C-contiguous"):
+        K.adagrad_step(np.zeros((2, 3)), np.zeros((2, 3)), np.zeros((3, 2)).T, 1, 0.1)
+    before = p.copy()
+    with pytest.raises(TypeError, match="lr: expected a number"):
+        K.adagrad_step(p, z(p), z(p), 1, None)
+    np.testing.assert_array_equal(p, before)  # refused before any kernel ran
+    K.adagrad_step(p, z(p), z(p), 3.0, 0.1)  # torch keeps the count as a float
 
 
 @pytest.mark.cuda
