@@ -34,7 +34,7 @@ from .train import (CHECKPOINT_NAME, LEGACY_CHECKPOINT_NAME, TRAIN_FORMAT, Check
 
 PROG = "python -m nn"
 MODELS = ("mlp", "lenet", "vgg", "resnet", "autoencoder")
-OPTIMIZERS = ("sgd", "adam", "adamw")
+OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "adagrad")
 SCHEDULES = ("none", "step", "cosine", "exponential", "plateau", "warmup", "warmup-cosine")
 SPLITS = ("train", "val", "test")
 
@@ -333,6 +333,11 @@ def build_optimizer(config, parameters):
         return optim.Adam(parameters, lr=lr, weight_decay=wd)
     if name == "adamw":
         return optim.AdamW(parameters, lr=lr, weight_decay=wd)
+    # --momentum is SGD's (default 0.9); RMSprop keeps torch's default of none.
+    if name == "rmsprop":
+        return optim.RMSprop(parameters, lr=lr, weight_decay=wd)
+    if name == "adagrad":
+        return optim.Adagrad(parameters, lr=lr, weight_decay=wd)
     raise UserError(f"unknown optimizer {name!r}; choose from {', '.join(OPTIMIZERS)}")
 
 

@@ -322,3 +322,21 @@ def test_train_says_when_it_picks_one_thread(tiny_npz, tmp_path, capsys):
     assert "threads: 1 (a small model" in capsys.readouterr().out
     assert cli.main(base + ["--out", str(tmp_path / "b"), "--threads", "2"]) == 0
     assert "threads: 1" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name, cls", [("rmsprop", "RMSprop"), ("adagrad", "Adagrad")])
+def test_every_optimizer_trains_from_the_command_line(name, cls, tiny_npz, tmp_path):
+    run_dir = tmp_path / name
+    assert cli.main(["train", "--dataset", tiny_npz, "--model", "mlp", "--epochs", "2",
+                     "--optimizer", name, "--lr", "0.01", "--out", str(run_dir), "--quiet"]) == 0
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    losses = [row["train_loss"] for row in metrics["history"]]
+    assert len(losses) == 2 and losses[1] < losses[0]
+    built = cli.build_optimizer({"optimizer": name, "lr": 0.01, "weight_decay": 0.0,
+                                 "momentum": 0.9}, [nn_param()])
+    assert type(built).__name__ == cls
+
+
+def nn_param():
+    import nn
+    return nn.Parameter(np.zeros(3, np.float32))
