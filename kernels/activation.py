@@ -319,7 +319,7 @@ def _gelu_tanh_forward_cpu(y, x):
     t = x.dtype.type
     for i in prange(x.size):
         v = x[i]
-        c = t(30) if v > 30 else (t(-30) if v < -30 else v)
+        c = t(30) if v > t(30) else (t(-30) if v < t(-30) else v)
         y[i] = v * fm.sigmoid(c * (t(_GT_A) + t(_GT_B) * (c * c)))
 
 
@@ -329,7 +329,7 @@ def _gelu_tanh_forward_cuda(y, x):
     if i < x.size:
         t = x.dtype.type
         v = x[i]
-        c = t(30) if v > 30 else (t(-30) if v < -30 else v)
+        c = t(30) if v > t(30) else (t(-30) if v < t(-30) else v)
         z2 = c * (t(_GT_A) + t(_GT_B) * (c * c))
         e = math.exp(-abs(z2))
         y[i] = v * ((t(1) if z2 >= 0 else e) / (t(1) + e))
@@ -340,7 +340,7 @@ def _gelu_tanh_backward_cpu(grad_x, grad_y, x):
     t = x.dtype.type
     for i in prange(x.size):
         v = x[i]
-        c = t(30) if v > 30 else (t(-30) if v < -30 else v)
+        c = t(30) if v > t(30) else (t(-30) if v < t(-30) else v)
         c2 = c * c
         z2 = c * (t(_GT_A) + t(_GT_B) * c2)
         # d/dx x s(2z) = s + x s (1 - s) d(2z)/dx
@@ -354,7 +354,7 @@ def _gelu_tanh_backward_cuda(grad_x, grad_y, x):
     if i < x.size:
         t = x.dtype.type
         v = x[i]
-        c = t(30) if v > 30 else (t(-30) if v < -30 else v)
+        c = t(30) if v > t(30) else (t(-30) if v < t(-30) else v)
         c2 = c * c
         z2 = c * (t(_GT_A) + t(_GT_B) * c2)
         e = math.exp(-abs(z2))
@@ -409,7 +409,7 @@ def _mish_rule(v, u, one):
     """(t, 1 - t, sigmoid(v)) for t = tanh(softplus(v)), from u = exp(-|v|); ``one`` sets the
     dtype of every constant (a bare 2.0 would make float32 code compute in float64)."""
     two = one + one
-    pos = v >= 0
+    pos = v >= one - one
     num = one + two * u if pos else u * (u + two)
     rest_num = two * u * u if pos else two
     den = num + rest_num
