@@ -309,9 +309,9 @@ def _gelu_backward_cuda(grad_x, grad_y, x):
 # 0.5 x (1 + tanh(z)) = x sigmoid(2z), z = sqrt(2/pi) (x + 0.044715 x**3): no cancellation for
 # negative x, where 1 + tanh(z) cancels.  x is clamped to +-30 inside 2z (sigmoid is exactly 0 or
 # 1 there in both dtypes) so that x**3 cannot overflow into inf * 0 = NaN in the gradient.
-_GT_A = 1.5957691216057308       # 2 sqrt(2/pi)
-_GT_B = 0.07135481627159562      # 2 sqrt(2/pi) 0.044715
-_GT_B3 = 0.21406444881478686     # 3 * _GT_B
+_GT_A = 2 * math.sqrt(2 / math.pi)
+_GT_B = _GT_A * 0.044715
+_GT_B3 = 3 * _GT_B
 
 
 @_cpu
