@@ -744,7 +744,7 @@ def _prelu_geometry(x, weight):
                          f"{tuple(weight.shape)}")
     if weight.size == 1:
         return 1, 1
-    axis = 0 if x.ndim == 1 else 1
+    axis = 1 if x.ndim >= 2 else 0
     if x.ndim == 0 or x.shape[axis] != weight.size:
         raise ValueError(f"weight: {weight.size} slopes need an input with {weight.size} "
                          f"channels along axis {axis}, got x of shape {tuple(x.shape)}")
