@@ -176,8 +176,8 @@ class Hardtanh(_InPlace):
 
     def __init__(self, min_val=-1.0, max_val=1.0, inplace=False):
         super().__init__(inplace)
-        self.min_val, self.max_val = float(min_val), float(max_val)
-        if not self.max_val > self.min_val:
+        self.min_val, self.max_val = min_val, max_val  # as given: the repr shows them as torch's
+        if not float(max_val) > float(min_val):
             raise ValueError(f"max_val: expected a number above min_val={min_val!r}, got "
                              f"{max_val!r}")
 
