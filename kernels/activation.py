@@ -30,6 +30,10 @@ scalar loop at NaN; the scalar rule is the one written down.)  Each kernel sees 
 writes one output element, so results do not depend on the thread count.  On the CPU the
 transcendental functions come from :mod:`kernels.fastmath` (vectorised float32
 approximations within a few ulps, exact float64); on the GPU from CUDA's own math library.
+silu, mish and the tanh GELU are built from fastmath's exp and sigmoid; measured float32
+maxima over 2 million inputs (tests/kernels/test_activation.py::test_float32_accuracy): silu
+2.98, mish 4.06 ulps, their derivatives 3.59 and 4.93 ulps of the size of their two terms; the
+tanh GELU 2.46 (derivative 2.91) ulps times 1 + |2z|, from rounding its argument 2z.
 """
 from __future__ import annotations
 
