@@ -26,8 +26,10 @@ Definitions and conventions follow torch.nn.functional.  NaN inputs give NaN out
 gives 0).  At a NaN input the piecewise backward passes follow torch's scalar and CUDA kernels:
 relu, elu and hardtanh pass grad_y (their rule is "not (x <= 0)"), leaky_relu and prelu give
 slope * grad_y.  (torch's vectorised CPU loops for elu and hardtanh disagree with its own
-scalar loop at NaN; the scalar rule is the one written down.)  Each kernel sees the arrays flattened to 1-D; one loop iteration or one GPU thread
-writes one output element, so results do not depend on the thread count.  On the CPU the
+scalar loop at NaN; the scalar rule is the one written down.)
+
+Each kernel sees the arrays flattened to 1-D; one loop iteration or one GPU thread writes one
+output element, so results do not depend on the thread count.  On the CPU the
 transcendental functions come from :mod:`kernels.fastmath` (vectorised float32
 approximations within a few ulps, exact float64); on the GPU from CUDA's own math library.
 silu, mish and the tanh GELU are built from fastmath's exp and sigmoid; measured float32
