@@ -131,8 +131,9 @@ def assert_close(got, ref, rtol, atol, scale=None):
     with np.errstate(invalid="ignore"):
         bad = ~(np.abs(got - ref) <= atol + rtol * scale) & ~(np.isnan(got) & np.isnan(ref))
     bad &= ~((got == ref))  # equal infinities
+    want = np.broadcast_to(ref, got.shape)
     assert not bad.any(), (f"{bad.sum()} of {bad.size} differ; first at x index "
-                           f"{np.argwhere(bad)[0]}: got {got[bad][:3]!r}, want {np.asarray(ref)[bad][:3]!r}")
+                           f"{np.argwhere(bad)[0]}: got {got[bad][:3]!r}, want {want[bad][:3]!r}")
 
 
 def assert_grad_close(name, dtype, got, x64, grad_y, rtol_factor=2):
