@@ -797,7 +797,9 @@ def prelu_backward(grad_y, x, weight):
     dispatch(device, _prelu_backward_cpu, _prelu_backward_cuda, x.size, grad_x.reshape(-1),
              parts.reshape(-1), grad_y.reshape(-1), x.reshape(-1), weight, channels, inner)
     if channels == 1:
-        grad_weight = parts.reshape(-1).sum().reshape(1)
+        # sum(axis=1) of one row, not .sum(): a full reduction of a device array would come
+        # back as a host scalar
+        grad_weight = parts.reshape(1, -1).sum(axis=1)
     else:
         grad_weight = parts.reshape(-1, channels, inner).sum(axis=(0, 2))
     return grad_x, grad_weight.astype(weight.dtype, copy=False)

@@ -516,10 +516,11 @@ def test_prelu_bad_weight_shapes(x_shape, w_shape, message):
 
 
 @pytest.mark.cuda
-def test_prelu_cpu_matches_cuda(cuda_device, dtype, rng):
+@pytest.mark.parametrize("channels", [1, 3])
+def test_prelu_cpu_matches_cuda(channels, cuda_device, dtype, rng):
     x = rng.standard_normal((2, 3, 2, 5)).astype(dtype)
     g = rng.standard_normal(x.shape).astype(dtype)
-    w = rng.standard_normal(3).astype(dtype)
+    w = rng.standard_normal(channels).astype(dtype)
     d = lambda a: K.to_device(a, cuda_device)  # noqa: E731
     np.testing.assert_allclose(K.to_host(K.prelu_forward(d(x), d(w))), K.prelu_forward(x, w),
                                rtol=RTOL[dtype])

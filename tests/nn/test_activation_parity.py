@@ -179,6 +179,7 @@ def test_layers_cpu_match_cuda(name, cuda_device, dtype, rng):
     np.testing.assert_allclose(K.to_host(gx_d), gx, rtol=rtol, atol=1e-7 if dtype == np.float32
                                else 1e-15)
     for pname in grads:
+        assert K.device_of(grads_d[pname]) == cuda_device
         np.testing.assert_allclose(K.to_host(grads_d[pname]), grads[pname], rtol=rtol * 10)
 
 
