@@ -30,8 +30,14 @@ pytestmark = pytest.mark.benchmark(min_rounds=20)
 
 SHAPES = {"64MiB": (16 * 2 ** 20,), "lenet": (64, 6, 24, 24)}
 PARAMS = {"leaky_relu": {"negative_slope": 0.01}, "elu": {"alpha": 1.0},
-          "softplus": {"beta": 1.0, "threshold": 20.0}}
-OPS = ["identity", "relu", "leaky_relu", "elu", "tanh", "sigmoid", "softplus", "step", "gelu"]
+          "softplus": {"beta": 1.0, "threshold": 20.0}, "gelu_tanh": {"approximate": "tanh"},
+          "hardtanh": {"min_val": -1.0, "max_val": 1.0}}
+OPS = ["identity", "relu", "leaky_relu", "elu", "tanh", "sigmoid", "softplus", "step", "gelu",
+       "gelu_tanh", "silu", "mish", "hardtanh", "relu6", "prelu"]
+FUNCTION = {"gelu_tanh": "gelu"}   # the public kernel behind a case (default: its name)
+# Ops without a CPU loop of their own to time alone: relu6 runs hardtanh's, prelu's takes its
+# slopes as an array and channel geometry (its public function is timed above).
+NO_KERNEL_CASE = ("identity", "step", "relu6", "prelu")
 BACKWARD_ARRAYS = {"identity": 2, "step": 1}   # arrays moved by the backward; others 3
 
 
@@ -44,10 +50,16 @@ def _arrays(shape):
 
 def _ours(op, direction, x, g):
     params = PARAMS.get(op, {})
+    name = FUNCTION.get(op, op)
+    if op == "prelu":  # one shared slope, torch's default PReLU()
+        w = K.to_device(np.full(1, 0.25, x.dtype), K.device_of(x))
+        if direction == "fwd":
+            return lambda: K.prelu_forward(x, w)
+        return lambda: K.prelu_backward(g, x, w)
     if direction == "fwd":
-        fn = getattr(K, f"{op}_forward")
+        fn = getattr(K, f"{name}_forward")
         return lambda: fn(x, **params)
-    fn = getattr(K, f"{op}_backward")
+    fn = getattr(K, f"{name}_backward")
     return lambda: fn(g, x, **params)
 
 
@@ -83,7 +95,7 @@ def test_activation(benchmark, record, warm, machine, op, direction, shape_name)
 
 @pytest.mark.parametrize("shape_name", list(SHAPES))
 @pytest.mark.parametrize("direction", ["fwd", "bwd"])
-@pytest.mark.parametrize("op", [op for op in OPS if op not in ("identity", "step")])
+@pytest.mark.parametrize("op", [op for op in OPS if op not in NO_KERNEL_CASE])
 def test_activation_kernel(benchmark, record, warm, machine, op, direction, shape_name):
     """The CPU loop alone, into a preallocated output: like for like with numpy.copyto.
 
@@ -92,7 +104,8 @@ def test_activation_kernel(benchmark, record, warm, machine, op, direction, shap
     """
     x, g = _arrays(SHAPES[shape_name])
     out = np.empty_like(x)
-    params = tuple(np.float32(p) for p in PARAMS.get(op, {}).values())
+    params = tuple(np.float32(p) for p in PARAMS.get(op, {}).values()
+                   if not isinstance(p, str))
     kernel = getattr(activation, f"_{op}_{'forward' if direction == 'fwd' else 'backward'}_cpu")
     args = (out, x, *params) if direction == "fwd" else (out, g, x, *params)
     args = tuple(a.reshape(-1) if isinstance(a, np.ndarray) else a for a in args)
@@ -112,6 +125,13 @@ _NUMPY = {
     "softplus": lambda x: np.logaddexp(np.float32(0), x),
     "step": lambda x: (x > 0).astype(np.float32),
     "gelu": lambda x: x * scipy.special.ndtr(x),
+    "gelu_tanh": lambda x: np.float32(0.5) * x * (np.float32(1) + np.tanh(
+        np.float32(0.7978845608) * (x + np.float32(0.044715) * x * x * x))),
+    "silu": lambda x: x * scipy.special.expit(x),
+    "mish": lambda x: x * np.tanh(np.logaddexp(np.float32(0), x)),
+    "hardtanh": lambda x: np.clip(x, np.float32(-1), np.float32(1)),
+    "relu6": lambda x: np.clip(x, np.float32(0), np.float32(6)),
+    "prelu": lambda x: np.where(x > 0, x, np.float32(0.25) * x),
 }
 
 
@@ -130,6 +150,7 @@ def test_activation_numpy(benchmark, record, warm, machine, op, shape_name):
 def _torch_fn(torch, op, direction, x, g):
     F = torch.nn.functional
     aten = torch.ops.aten
+    w = torch.full((1,), 0.25, dtype=x.dtype)
     if direction == "fwd":
         return {
             "identity": lambda: x.clone(),
@@ -141,9 +162,17 @@ def _torch_fn(torch, op, direction, x, g):
             "softplus": lambda: F.softplus(x, 1.0, 20.0),
             "step": lambda: torch.heaviside(x, torch.zeros((), dtype=x.dtype)),
             "gelu": lambda: F.gelu(x),
+            "gelu_tanh": lambda: F.gelu(x, approximate="tanh"),
+            "silu": lambda: F.silu(x),
+            "mish": lambda: F.mish(x),
+            "hardtanh": lambda: F.hardtanh(x, -1.0, 1.0),
+            "relu6": lambda: F.relu6(x),
+            "prelu": lambda: F.prelu(x, w),
         }[op]
     # tanh and sigmoid backward take the forward's output in ATen; it is computed outside.
     y_tanh, y_sigmoid = torch.tanh(x), torch.sigmoid(x)
+    # prelu: ATen's kernel writes grad_x and the per-element weight gradient; autograd then
+    # sums the latter, as ours does (both timed)
     return {
         "identity": lambda: g.clone(),
         "relu": lambda: aten.threshold_backward(g, x, 0),
@@ -154,6 +183,12 @@ def _torch_fn(torch, op, direction, x, g):
         "softplus": lambda: aten.softplus_backward(g, x, 1.0, 20.0),
         "step": lambda: torch.zeros_like(x),
         "gelu": lambda: aten.gelu_backward(g, x, approximate="none"),
+        "gelu_tanh": lambda: aten.gelu_backward(g, x, approximate="tanh"),
+        "silu": lambda: aten.silu_backward(g, x),
+        "mish": lambda: aten.mish_backward(g, x),
+        "hardtanh": lambda: aten.hardtanh_backward(g, x, -1.0, 1.0),
+        "relu6": lambda: aten.hardtanh_backward(g, x, 0.0, 6.0),
+        "prelu": lambda: aten._prelu_kernel_backward(g, x, w)[1].sum(),
     }[op]
 
 

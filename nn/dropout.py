@@ -21,6 +21,13 @@ from .module import Module
 __all__ = ["Dropout"]
 
 
+def _times(a, mask):
+    """``a * mask`` as an array: NumPy's ``*`` turns two 0-d arrays into a NumPy scalar,
+    which the next layer's checks refuse."""
+    xp = K.array_module(K.device_of(a))
+    return xp.multiply(a, mask, out=xp.empty_like(a))
+
+
 class Dropout(Module):
     """Zero each element with probability ``p`` in training and scale the rest by 1/(1-p)."""
 
@@ -65,11 +72,11 @@ class Dropout(Module):
             mask = (self._keep(x.shape) * scale).astype(x.dtype)
             mask = K.to_device(mask, device)
         self.save_for_backward(mask)
-        return x * mask
+        return _times(x, mask)
 
     def backward(self, grad_y):
         mask = self.saved_tensors()
-        return grad_y if mask is None else grad_y * mask
+        return grad_y if mask is None else _times(grad_y, mask)
 
     def extra_repr(self):
         return f"p={self.p}"

@@ -41,7 +41,9 @@ def _scale(grad, grad_loss):
                         f"{type(grad_loss).__name__} {getattr(grad_loss, 'shape', '')}") from None
     if factor == 1.0:
         return grad
-    return grad * grad.dtype.type(factor)
+    # multiply with out=: NumPy's ``*`` on a 0-d array returns a NumPy scalar, not an array
+    xp = K.array_module(K.device_of(grad))
+    return xp.multiply(grad, grad.dtype.type(factor), out=xp.empty_like(grad))
 
 
 class _Loss(Module):
@@ -147,4 +149,4 @@ class BCELoss(_Loss):
         grad = (p - target) / xp.maximum((1 - p) * p, _BCE_EPS)
         if self.reduction == "mean":
             grad = grad / p.dtype.type(p.size)
-        return grad
+        return xp.asarray(grad)  # a 0-d p gives a NumPy scalar above; callers need an array

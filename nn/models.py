@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import kernels as K
 
-from .activation import ELU, GELU, LeakyReLU, ReLU, Sigmoid, Softplus, Step, Tanh
+from .activation import (ELU, GELU, Hardtanh, LeakyReLU, Mish, PReLU, ReLU, ReLU6, Sigmoid,
+                         SiLU, Softplus, Step, Tanh)
 from .container import ModuleList, Residual, Sequential
 from .conv import Conv2d, ConvTranspose2d
 from .dropout import Dropout
@@ -31,7 +32,8 @@ __all__ = ["ACTIVATIONS", "get_activation", "MLP", "LeNet5", "SmallVGG", "BasicB
 
 ACTIVATIONS = {"relu": ReLU, "tanh": Tanh, "sigmoid": Sigmoid, "leaky_relu": LeakyReLU,
                "elu": ELU, "gelu": GELU, "softplus": Softplus, "identity": Identity,
-               "step": Step}
+               "step": Step, "silu": SiLU, "mish": Mish, "hardtanh": Hardtanh, "relu6": ReLU6,
+               "prelu": PReLU}
 
 
 def get_activation(name):

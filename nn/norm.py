@@ -38,6 +38,12 @@ class _BatchNorm(Module):
                  track_running_stats=True, device=None, dtype=None):
         super().__init__()
         self.num_features = int(num_features)
+        # torch refuses eps <= 0 in a training forward only; here at construction, before a
+        # constant channel in evaluation could divide by sqrt(0 + eps) = 0.
+        if isinstance(eps, bool) or not isinstance(eps, (int, float, np.floating, np.integer)):
+            raise TypeError(f"eps: expected a positive number, got {type(eps).__name__}")
+        if not float(eps) > 0 or not np.isfinite(float(eps)):
+            raise ValueError(f"eps: expected a positive finite number, got {eps!r}")
         self.eps = float(eps)
         self.momentum = None if momentum is None else float(momentum)
         self.affine = bool(affine)

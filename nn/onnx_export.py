@@ -13,7 +13,10 @@ the model's evaluation mode (Dropout is the identity, BatchNorm uses its running
 |                                        | running stats are off: ReduceMean...)       |
 | ReLU, LeakyReLU, ELU, Tanh, Sigmoid    | Relu, LeakyRelu, Elu, Tanh, Sigmoid         |
 | Softplus(beta, threshold), Step, GELU  | Softplus + Where, Greater + Cast, Erf       |
-|                                        | (Gelu from opset 20)                        |
+|                                        | (Gelu from opset 20; approximate='tanh':    |
+|                                        | Tanh of the cubic before it)                |
+| SiLU, Mish, Hardtanh / ReLU6, PReLU    | Sigmoid + Mul, Softplus + Tanh + Mul, Clip, |
+|                                        | PRelu (slopes as (C, 1, ...))               |
 | Softmax / LogSoftmax                   | Softmax / LogSoftmax                        |
 | Flatten / Unflatten / Identity         | Flatten or Reshape / Reshape / Identity     |
 | Dropout                                | Identity                                    |
@@ -197,8 +200,21 @@ def _elu(g, m, x, scope):
     positive = g.node("Greater", [x, g.scalar(0.0, "zero")], _join(scope, "positive"))
     return g.node("Where", [positive, x, negative], scope or "Elu", y)
 
-register_onnx(A.Softmax)(_simple("Softmax", axis="dim"))
-register_onnx(A.LogSoftmax)(_simple("LogSoftmax", axis="dim"))
+def _along_dim(op):
+    def convert(g, m, x, scope):
+        y = g.run(m, x)
+        if m.dtype is not None and m.dtype != g.dtype:
+            raise OnnxExportError(f"cannot export {type(m).__name__} at {scope!r}: dtype="
+                                  f"{m.dtype} differs from the graph's {g.dtype}")
+        ndim = g.value(x).ndim
+        # dim=None: the axis torch's implicit rule picks (as the layer's forward does)
+        dim = m.dim if m.dim is not None else (0 if ndim in (0, 1, 3) else 1)
+        return g.node(op, [x], scope or op, y, axis=dim)
+    return convert
+
+
+register_onnx(A.Softmax)(_along_dim("Softmax"))
+register_onnx(A.LogSoftmax)(_along_dim("LogSoftmax"))
 register_onnx(Identity)(_simple("Identity"))
 register_onnx(Dropout)(_simple("Identity"))  # the evaluation-mode forward
 
@@ -225,13 +241,54 @@ def _step(g, m, x, scope):
 def _gelu(g, m, x, scope):
     y = g.run(m, x)
     if g.opset >= 20:
-        return g.node("Gelu", [x], scope or "Gelu", y, approximate="none")
+        return g.node("Gelu", [x], scope or "Gelu", y, approximate=m.approximate)
+    if m.approximate == "tanh":
+        # 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x**3)))
+        cube = g.node("Mul", [x, g.node("Mul", [x, x], _join(scope, "square"))],
+                      _join(scope, "cube"))
+        inner = g.node("Add", [x, g.node("Mul", [cube, g.scalar(0.044715, "c")],
+                                         _join(scope, "scaled_cube"))], _join(scope, "inner"))
+        inner = g.node("Mul", [inner, g.scalar(math.sqrt(2 / math.pi), "k")],
+                       _join(scope, "z"))
+        t = g.node("Add", [g.node("Tanh", [inner], _join(scope, "tanh")),
+                           g.scalar(1.0, "one")], _join(scope, "add"))
+        t = g.node("Mul", [x, t], _join(scope, "mul"))
+        return g.node("Mul", [t, g.scalar(0.5, "half")], scope or "Gelu", y)
     # x * (1 + erf(x / sqrt 2)) / 2, the exact form (Gelu itself is opset 20).
     t = g.node("Div", [x, g.scalar(math.sqrt(2.0), "sqrt2")], _join(scope, "scaled"))
     t = g.node("Erf", [t], _join(scope, "erf"))
     t = g.node("Add", [t, g.scalar(1.0, "one")], _join(scope, "add"))
     t = g.node("Mul", [x, t], _join(scope, "mul"))
     return g.node("Mul", [t, g.scalar(0.5, "half")], scope or "Gelu", y)
+
+
+@register_onnx(A.SiLU)
+def _silu(g, m, x, scope):
+    s = g.node("Sigmoid", [x], _join(scope, "sigmoid"))
+    return g.node("Mul", [x, s], scope or "SiLU", g.run(m, x))
+
+
+@register_onnx(A.Mish)
+def _mish(g, m, x, scope):
+    # Mish itself is opset 18; x tanh(softplus(x)) exports to every opset from 13
+    t = g.node("Tanh", [g.node("Softplus", [x], _join(scope, "softplus"))], _join(scope, "tanh"))
+    return g.node("Mul", [x, t], scope or "Mish", g.run(m, x))
+
+
+@register_onnx(A.Hardtanh)  # and ReLU6, a Hardtanh with the same forward
+def _hardtanh(g, m, x, scope):
+    return g.node("Clip", [x, g.scalar(m.min_val, "min"), g.scalar(m.max_val, "max")],
+                  scope or "Clip", g.run(m, x))
+
+
+@register_onnx(A.PReLU)
+def _prelu(g, m, x, scope):
+    y = g.run(m, x)
+    w = _host(m.weight.data)
+    ndim = g.value(x).ndim
+    if w.size > 1 and ndim >= 2:  # one slope per channel (axis 1), broadcast over the rest
+        w = w.reshape((w.size,) + (1,) * (ndim - 2))
+    return g.node("PRelu", [x, g.const(w, _join(scope, "weight"))], scope or "PRelu", y)
 
 
 # ---------------------------------------------------------------- linear and shapes
@@ -425,6 +482,15 @@ def _residual(g, m, x, scope):
 def _concat_branches(g, m, x, scope):
     outs = [g.call(b, x, _join(scope, name)) for name, b in m.named_children()]
     return _concat(g, outs, m.dim % g.value(outs[0]).ndim, scope)
+
+
+@register_onnx(C.Add)
+def _add_branches(g, m, x, scope):
+    outs = [g.call(b, x, _join(scope, name)) for name, b in m.named_children()]
+    total = outs[0]
+    for k, out in enumerate(outs[1:], 1):  # the forward's order of additions
+        total = _add(g, total, out, scope, hint=f"add{k}")
+    return total
 
 
 # ---------------------------------------------------------------- the zoo

@@ -30,6 +30,38 @@ def _sig(x):
     return 1 / (1 + np.exp(-x))
 
 
+_GT_K = math.sqrt(2 / math.pi)
+
+
+def _z2(x):
+    """2z of torch's tanh GELU, 0.5 x (1 + tanh z)."""
+    return 2 * _GT_K * (x + 0.044715 * x ** 3)
+
+
+def _gelu_tanh(x):
+    # 1 + tanh(z) = 2 / (1 + e**-2z): the textbook identity, without tanh's cancellation
+    return 0.5 * x * (2 / (1 + np.exp(-_z2(x))))
+
+
+def _gelu_tanh_terms(x):
+    s = _sig(_z2(x))
+    return s, x * s * (1 - s) * 2 * _GT_K * (1 + 3 * 0.044715 * x * x)
+
+
+def _mish_terms(x):
+    t = np.tanh(np.logaddexp(0, x))
+    return t, x * _sig(x) * (1 - t * t)
+
+
+def _silu_terms(x):
+    s = _sig(x)
+    return s, x * s * (1 - s)
+
+
+def _gelu_terms(x):
+    return _cdf(x), x * _phi(x)
+
+
 # name -> (params, reference f(x), reference f'(x), kinks of f or f')
 CASES = {
     "identity": ({}, lambda x: x, lambda x: np.ones_like(x), ()),
@@ -46,8 +78,22 @@ CASES = {
                  lambda x: np.where(2 * x > 3, 1.0, _sig(2 * x)), (1.5,)),
     "step": ({}, lambda x: np.where(x > 0, 1.0, 0.0), lambda x: np.zeros_like(x), (0.0,)),
     "gelu": ({}, lambda x: x * _cdf(x), lambda x: _cdf(x) + x * _phi(x), ()),
+    "gelu_tanh": ({"approximate": "tanh"}, _gelu_tanh, lambda x: sum(_gelu_tanh_terms(x)), ()),
+    "silu": ({}, lambda x: x * _sig(x), lambda x: sum(_silu_terms(x)), ()),
+    "mish": ({}, lambda x: x * np.tanh(np.logaddexp(0, x)), lambda x: sum(_mish_terms(x)), ()),
+    "hardtanh": ({"min_val": -0.5, "max_val": 2.0}, lambda x: np.clip(x, -0.5, 2.0),
+                 lambda x: np.where((x > -0.5) & (x < 2.0), 1.0, 0.0), (-0.5, 2.0)),
+    "relu6": ({}, lambda x: np.clip(x, 0.0, 6.0), lambda x: np.where((x > 0) & (x < 6), 1.0, 0.0),
+              (0.0, 6.0)),
 }
 NAMES = list(CASES)
+# The public function behind a case (default: the case's own name).
+OPS = {"gelu_tanh": "gelu"}
+# The two terms of f' for the smooth activations whose derivative has a root: near it no
+# relative bound can hold, so float32 gradients are compared in units of the terms' size.
+GRAD_TERMS = {"gelu": _gelu_terms, "gelu_tanh": _gelu_tanh_terms, "silu": _silu_terms,
+              "mish": _mish_terms}
+SMOOTH = ["elu", "tanh", "sigmoid", "softplus", "gelu", "gelu_tanh", "silu", "mish"]
 # Small enough for the CUDA simulator (one Python thread per element); larger odd shapes,
 # which exercise the CPU's vector loops and their remainders, follow in LARGE_SHAPES.
 SHAPES = [(), (1,), (7,), (3, 2, 5), (2, 1, 3, 5), (0,), (2, 0, 3)]
@@ -57,18 +103,47 @@ RTOL = {np.float32: 1e-6, np.float64: 1e-12}
 # Absolute floors just above the subnormal spacing, so that only results that underflow pass
 # on it.
 ATOL = {np.float32: 1e-40, np.float64: 1e-300}
-# gelu' has a root near x = -0.75, where its float32 error (5 ulps of its terms' size) is
-# large relative to the value itself.
-GRAD_ATOL_F32_GELU = 2e-7
 
 
 def fwd(name, x, params=None):
-    return getattr(K, f"{name}_forward")(x, **(CASES[name][0] if params is None else params))
+    return getattr(K, f"{OPS.get(name, name)}_forward")(
+        x, **(CASES[name][0] if params is None else params))
 
 
 def bwd(name, grad_y, x, params=None):
-    return getattr(K, f"{name}_backward")(grad_y, x,
-                                          **(CASES[name][0] if params is None else params))
+    return getattr(K, f"{OPS.get(name, name)}_backward")(
+        grad_y, x, **(CASES[name][0] if params is None else params))
+
+
+def fwd_rtol(name, dtype, x64):
+    """Relative tolerance of f(x): the tanh GELU's float32 value carries the rounding of its
+    argument 2z (a few ulps of 2z), which sigmoid turns into |2z| ulps of the result for
+    negative x (see test_float32_accuracy); everything else a constant number of ulps."""
+    if name == "gelu_tanh" and dtype == np.float32:
+        return RTOL[dtype] * (1 + np.abs(_z2(x64)) / 2)
+    return RTOL[dtype]
+
+
+def assert_close(got, ref, rtol, atol, scale=None):
+    """|got - ref| <= atol + rtol * scale elementwise (scale: |ref|); rtol may be an array."""
+    got = np.asarray(got, np.float64)
+    scale = np.abs(ref) if scale is None else scale
+    with np.errstate(invalid="ignore"):
+        bad = ~(np.abs(got - ref) <= atol + rtol * scale) & ~(np.isnan(got) & np.isnan(ref))
+    bad &= ~((got == ref))  # equal infinities
+    want = np.broadcast_to(ref, got.shape)
+    assert not bad.any(), (f"{bad.sum()} of {bad.size} differ; first at x index "
+                           f"{np.argwhere(bad)[0]}: got {got[bad][:3]!r}, want {want[bad][:3]!r}")
+
+
+def assert_grad_close(name, dtype, got, x64, grad_y, rtol_factor=2):
+    ref = grad_y * CASES[name][2](x64)
+    rtol = rtol_factor * fwd_rtol(name, dtype, x64)
+    if name in GRAD_TERMS:
+        a, b = GRAD_TERMS[name](x64)
+        assert_close(got, ref, rtol, ATOL[dtype], np.abs(grad_y) * (np.abs(a) + np.abs(b)))
+    else:
+        assert_close(got, ref, rtol, ATOL[dtype])
 
 
 def sample(rng, shape, name, dtype, scale=3.0):
@@ -100,11 +175,8 @@ def check_against_reference(name, shape, device, dtype, rng):
         assert K.device_of(out) == device
         assert out.shape == x.shape and out.dtype == dtype
     x64 = x.astype(np.float64)
-    _, f, df, _ = CASES[name]
-    np.testing.assert_allclose(K.to_host(y), f(x64), rtol=RTOL[dtype], atol=ATOL[dtype])
-    grad_atol = GRAD_ATOL_F32_GELU if (name, dtype) == ("gelu", np.float32) else ATOL[dtype]
-    np.testing.assert_allclose(K.to_host(grad_x), grad_y * df(x64), rtol=2 * RTOL[dtype],
-                               atol=grad_atol)
+    assert_close(K.to_host(y), CASES[name][1](x64), fwd_rtol(name, dtype, x64), ATOL[dtype])
+    assert_grad_close(name, dtype, K.to_host(grad_x), x64, grad_y)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -141,6 +213,13 @@ def test_derivative_conventions_at_zero(dtype):
     assert (K.elu_backward(ones, zero) == 1).all()           # alpha * exp(0)
     assert not K.step_forward(zero).any() and not K.step_backward(ones, zero).any()
     assert (K.gelu_backward(ones, zero) == 0.5).all()
+    assert (K.gelu_backward(ones, zero, approximate="tanh") == 0.5).all()
+    assert (K.silu_backward(ones, zero) == 0.5).all()
+    assert (K.mish_backward(ones, zero) == dtype(0.6)).all()  # tanh(log 2) = 3/5
+    # hardtanh and relu6: 0 at both ends of the interval, as torch
+    ends = np.array([-1.0, 1.0, 0.0, 6.0], dtype)
+    np.testing.assert_array_equal(K.hardtanh_backward(np.ones(4, dtype), ends), [0, 0, 1, 0])
+    np.testing.assert_array_equal(K.relu6_backward(np.ones(4, dtype), ends), [0, 1, 0, 0])
     assert (K.sigmoid_forward(zero) == 0.5).all() and (K.tanh_backward(ones, zero) == 1).all()
 
 
@@ -184,30 +263,71 @@ def test_sigmoid_and_softplus_limits(dtype):
     np.testing.assert_array_equal(K.tanh_forward(x), [-1, 1])
 
 
+# grad_x at a NaN input for grad_y = 1: torch's scalar and CUDA rules (relu, elu and hardtanh
+# pass the gradient where "not (x <= 0)" / "not (x <= min_val or x >= max_val)"; leaky_relu
+# gives its slope; the smooth ones NaN; step 0).  Checked against torch in
+# tests/nn/test_activation_parity.py.
+NAN_GRAD = {"identity": 1.0, "relu": 1.0, "leaky_relu": 0.2, "elu": 1.0, "hardtanh": 1.0,
+            "relu6": 1.0, "step": 0.0}
+
+
 @pytest.mark.parametrize("name", NAMES)
-def test_nan_propagates(name, dtype):
-    x = np.array([np.nan, 1.0, -1.0], dtype)
-    y = fwd(name, x)
-    g = bwd(name, np.ones_like(x), x)
+def test_nan_propagates(name, device, dtype):
+    x = K.to_device(np.array([np.nan, 1.0, -1.0], dtype), device)
+    y = K.to_host(fwd(name, x))
+    g = K.to_host(bwd(name, K.to_device(np.ones(3, dtype), device), x))
     if name == "step":   # a comparison: NaN > 0 is false
-        assert y[0] == 0 and g[0] == 0
+        assert y[0] == 0
     else:
         assert np.isnan(y[0]) and np.isfinite(y[1:]).all()
-    if name in ("elu", "tanh", "sigmoid", "softplus", "gelu"):
+    if name in NAN_GRAD:
+        assert g[0] == dtype(NAN_GRAD[name])
+    else:
         assert np.isnan(g[0])
+
+
+def test_relu_and_elu_pass_the_gradient_at_nan_regression(dtype):
+    # before: "grad_y if x > 0 else 0" gave 0 for relu and NaN for elu at NaN; torch gives grad_y
+    x = np.array([np.nan, -np.nan], dtype)
+    g = np.array([2.0, -3.0], dtype)
+    np.testing.assert_array_equal(K.relu_backward(g, x), g)
+    np.testing.assert_array_equal(K.elu_backward(g, x, alpha=0.5), g)
 
 
 @settings(max_examples=40, deadline=None)
 @given(x=hnp.arrays(np.float32, hnp.array_shapes(min_dims=1, max_dims=3, max_side=9),
                     elements=st.floats(-1e4, 1e4, width=32)))
 def test_property_smooth_activations_match_float64(x):
-    for name in ("elu", "tanh", "sigmoid", "softplus", "gelu"):
+    x64 = x.astype(np.float64)
+    for name in SMOOTH:
         with warnings.catch_warnings():
             warnings.simplefilter("error")
             y32 = fwd(name, x)
-        y64 = fwd(name, x.astype(np.float64))
-        assert np.isfinite(y32).all()
-        np.testing.assert_allclose(y32, y64, rtol=1e-6, atol=ATOL[np.float32])
+            g32 = bwd(name, np.ones_like(x), x)
+        y64 = fwd(name, x64)
+        g64 = bwd(name, np.ones_like(x64), x64)
+        assert np.isfinite(y32).all() and np.isfinite(g32).all()
+        assert_close(y32, y64, fwd_rtol(name, np.float32, x64), ATOL[np.float32])
+        if name in GRAD_TERMS:
+            a, b = GRAD_TERMS[name](x64)
+            with np.errstate(all="ignore"):
+                scale = np.nan_to_num(np.abs(a) + np.abs(b))
+            assert_close(g32, g64, 2 * fwd_rtol(name, np.float32, x64), ATOL[np.float32], scale)
+        else:
+            assert_close(g32, g64, 2e-6, ATOL[np.float32])
+
+
+@settings(max_examples=100, deadline=None)
+@given(x=hnp.arrays(np.float64, hnp.array_shapes(min_dims=0, max_dims=3, max_side=7),
+                    elements=st.floats(-50, 50)),
+       lo=st.floats(-5, 5), width=st.floats(0.01, 5))
+def test_property_hardtanh_matches_numpy(x, lo, width):
+    hi = lo + width
+    y = K.hardtanh_forward(x, lo, hi)
+    g = K.hardtanh_backward(np.ones_like(x), x, lo, hi)
+    np.testing.assert_array_equal(y, np.clip(x, lo, hi))
+    np.testing.assert_array_equal(g, ((x > lo) & (x < hi)).astype(np.float64))
+    assert y.shape == x.shape and isinstance(y, np.ndarray)
 
 
 # ---------------------------------------------------------------- devices and dtypes
@@ -215,12 +335,10 @@ def test_property_smooth_activations_match_float64(x):
 def test_float32_matches_float64(name, rng):
     x = sample(rng, (3, 33), name, np.float32)
     g = rng.standard_normal(x.shape).astype(np.float32)
-    np.testing.assert_allclose(fwd(name, x), fwd(name, x.astype(np.float64)), rtol=1e-6,
-                               atol=ATOL[np.float32])
-    grad_atol = GRAD_ATOL_F32_GELU if name == "gelu" else ATOL[np.float32]
-    np.testing.assert_allclose(bwd(name, g, x),
-                               bwd(name, g.astype(np.float64), x.astype(np.float64)),
-                               rtol=2e-6, atol=grad_atol)
+    x64 = x.astype(np.float64)
+    assert_close(fwd(name, x), fwd(name, x64), fwd_rtol(name, np.float32, x64),
+                 ATOL[np.float32])
+    assert_grad_close(name, np.float32, bwd(name, g, x), x64, g.astype(np.float64))
 
 
 @pytest.mark.cuda
@@ -228,27 +346,41 @@ def test_float32_matches_float64(name, rng):
 def test_cpu_matches_cuda(name, cuda_device, dtype, rng):
     x = sample(rng, (3, 4, 5), name, dtype)
     g = rng.standard_normal(x.shape).astype(dtype)
-    for params in ([None] if not CASES[name][0] else [None, {}]):  # given and default params
+    # given and default params (a case that is another op's option, like the tanh GELU, has
+    # its default tested under that op's name)
+    for params in ([None] if not CASES[name][0] or name in OPS else [None, {}]):
         y_cpu, g_cpu = fwd(name, x, params), bwd(name, g, x, params)
         y_gpu = fwd(name, K.to_device(x, cuda_device), params)
         g_gpu = bwd(name, K.to_device(g, cuda_device), K.to_device(x, cuda_device), params)
-        # float32: the CPU approximates within a few ulps, the GPU uses CUDA's math library
-        grad_atol = GRAD_ATOL_F32_GELU if (name, dtype) == ("gelu", np.float32) else ATOL[dtype]
-        np.testing.assert_allclose(K.to_host(y_gpu), y_cpu, rtol=2 * RTOL[dtype], atol=ATOL[dtype])
-        np.testing.assert_allclose(K.to_host(g_gpu), g_cpu, rtol=2 * RTOL[dtype], atol=grad_atol)
+        # float32: the CPU approximates within a few ulps, the GPU uses CUDA's math library;
+        # both within the reference's bounds, so within twice them of each other
+        x64 = x.astype(np.float64)
+        assert_close(K.to_host(y_gpu), y_cpu, 2 * fwd_rtol(name, dtype, x64), ATOL[dtype])
+        if name in GRAD_TERMS:
+            a, b = GRAD_TERMS[name](x64)
+            assert_close(K.to_host(g_gpu), g_cpu, 4 * fwd_rtol(name, dtype, x64), ATOL[dtype],
+                         np.abs(g) * (np.abs(a) + np.abs(b)))
+        else:
+            assert_close(K.to_host(g_gpu), g_cpu, 2 * RTOL[dtype], ATOL[dtype])
 
 
-CUDA_KERNELS = sorted(n for n in dir(activation) if n.endswith("_cuda"))
+CUDA_KERNELS = sorted(n for n in dir(activation)
+                      if n.endswith(("_forward_cuda", "_backward_cuda")))
 
 
 @pytest.mark.parametrize("kernel", CUDA_KERNELS)
 def test_cuda_kernels_lower_for_a_real_gpu(kernel, dtype):
     # e.g. _leaky_relu_backward_cuda(grad_x, grad_y, x, slope): 3 arrays, then the parameters
     name = kernel[1:].rsplit("_", 2)[0]
-    n_arrays = 2 if kernel.endswith("_forward_cuda") else 3
     nb_dtype = numba.from_dtype(dtype)
-    ir = lower_for_gpu(getattr(activation, kernel),
-                       [array(nb_dtype)] * n_arrays + [nb_dtype] * len(CASES[name][0]))
+    if name == "prelu":  # (y, x, w) or (grad_x, grad_w_parts, grad_y, x, w), then 2 sizes
+        n_arrays = 3 if kernel.endswith("_forward_cuda") else 5
+        args = [array(nb_dtype)] * n_arrays + [numba.int64] * 2
+    else:
+        n_arrays = 2 if kernel.endswith("_forward_cuda") else 3
+        n_scalars = sum(isinstance(v, float) for v in CASES[name][0].values())
+        args = [array(nb_dtype)] * n_arrays + [nb_dtype] * n_scalars
+    ir = lower_for_gpu(getattr(activation, kernel), args)
     if dtype == np.float32 and name != "gelu":  # gelu computes in float64 by design
         assert float64_ops(ir) == 0
 
@@ -291,6 +423,12 @@ def test_mixed_dtypes_rejected():
     (lambda x: K.elu_forward(x, alpha=math.nan), ValueError, r"alpha: expected a finite"),
     (lambda x: K.leaky_relu_backward(x, x, math.inf), ValueError, r"negative_slope: expected a f"),
     (lambda x: K.softplus_forward(x, threshold=math.nan), ValueError, r"threshold: expected a num"),
+    (lambda x: K.gelu_forward(x, approximate="erf"), ValueError, r"approximate: expected 'none'"),
+    (lambda x: K.gelu_backward(x, x, "Tanh"), ValueError, r"approximate: expected 'none' or"),
+    (lambda x: K.hardtanh_forward(x, 1.0, 1.0), ValueError, r"max_val: expected a number above"),
+    (lambda x: K.hardtanh_backward(x, x, 2, -2), ValueError, r"max_val: expected a number abo"),
+    (lambda x: K.hardtanh_forward(x, "0"), TypeError, r"min_val: expected a real"),
+    (lambda x: K.hardtanh_forward(x, 0.0, math.nan), ValueError, r"max_val: expected a number"),
 ])
 def test_bad_parameters_raise(call, error, message):
     with pytest.raises(error, match=message):
@@ -303,3 +441,136 @@ def test_softplus_beta_must_be_positive():
     # an infinite threshold is allowed: never linear
     np.testing.assert_allclose(K.softplus_forward(np.array([30.0]), threshold=math.inf),
                                np.log1p(np.exp(30.0)))
+
+
+# ---------------------------------------------------------------- prelu
+def _prelu_ref(x, w):
+    """Slow reference: the channel axis is 1 (0 for 1-D x), or one slope for all."""
+    if w.size == 1:
+        wb = w.reshape(())
+    else:
+        axis = 0 if x.ndim == 1 else 1
+        wb = w.reshape((-1,) + (1,) * (x.ndim - axis - 1))
+    y = np.where(x > 0, x, wb * x)
+    return y, wb
+
+
+@pytest.mark.parametrize("shape, channels", [((), 1), ((5,), 1), ((5,), 5), ((3, 4), 4),
+                                             ((2, 3, 5), 3), ((2, 3, 4, 5), 3),
+                                             ((2, 3, 4, 5), 1), ((0, 3), 3), ((1, 2, 3, 1), 2)],
+                         ids=str)
+def test_prelu_matches_reference_and_gradcheck(shape, channels, device, dtype, rng):
+    x = sample(rng, shape, "relu", dtype)
+    w = rng.uniform(-0.5, 0.8, channels).astype(dtype)
+    g = rng.standard_normal(shape).astype(dtype)
+    d = lambda a: K.to_device(a, device)  # noqa: E731
+    y = K.to_host(K.prelu_forward(d(x), d(w)))
+    grad_x, grad_w = (K.to_host(a) for a in K.prelu_backward(d(g), d(x), d(w)))
+    y_ref, wb = _prelu_ref(x.astype(np.float64), w.astype(np.float64))
+    np.testing.assert_allclose(y, y_ref, rtol=RTOL[dtype], atol=0)
+    np.testing.assert_allclose(grad_x, np.where(x > 0, g, wb * g), rtol=RTOL[dtype], atol=0)
+    parts = np.where(x > 0, 0.0, x.astype(np.float64) * g)
+    if channels == 1:
+        want_w = np.array([parts.sum()])
+    else:
+        axis = 0 if x.ndim == 1 else 1
+        want_w = np.moveaxis(parts, axis, 0).reshape(channels, -1).sum(axis=1)
+    assert grad_w.shape == (channels,) and grad_w.dtype == dtype
+    # a sum of m products: m ulps of the sum of magnitudes
+    bound = parts.size * np.finfo(dtype).eps * np.abs(parts).sum() + ATOL[dtype]
+    assert np.abs(grad_w - want_w).max(initial=0) <= bound
+    if dtype == np.float64 and device == "cpu" and x.ndim and x.size:  # gradcheck: arrays
+        report = gradcheck(lambda x, w: K.prelu_forward(x, w),
+                           lambda gy, x, w: K.prelu_backward(gy, x, w), {"x": x, "w": w},
+                           tol=1e-6)
+        assert report.ok
+
+
+def test_prelu_nan_and_determinism(dtype, rng):
+    x = np.array([np.nan, 2.0, -2.0], dtype)
+    w = np.array([0.25], dtype)
+    grad_x, grad_w = K.prelu_backward(np.ones(3, dtype), x, w)
+    np.testing.assert_array_equal(grad_x, np.array([0.25, 1, 0.25], dtype))  # torch: slope
+    assert np.isnan(grad_w[0])
+    x = rng.standard_normal((8, 3, 33, 17)).astype(dtype)
+    g = rng.standard_normal(x.shape).astype(dtype)
+    w = rng.standard_normal(3).astype(dtype)
+    first = K.prelu_backward(g, x, w)[1]
+    for _ in range(3):
+        np.testing.assert_array_equal(K.prelu_backward(g, x, w)[1], first)
+
+
+@pytest.mark.parametrize("x_shape, w_shape, message", [
+    ((2, 3), (4,), r"weight: 4 slopes need an input with 4 channels along axis 1"),
+    ((), (2,), r"weight: 2 slopes need an input with 2 channels along axis 0, got x of shape"),
+    ((2, 3), (1, 3), r"weight: expected a 1-D array of slopes, got shape \(1, 3\)"),
+    ((2, 3), (0,), r"weight: expected a 1-D array"),
+])
+def test_prelu_bad_weight_shapes(x_shape, w_shape, message):
+    with pytest.raises(ValueError, match=message):
+        K.prelu_forward(np.ones(x_shape), np.ones(w_shape))
+    with pytest.raises(ValueError, match=message):
+        K.prelu_backward(np.ones(x_shape), np.ones(x_shape), np.ones(w_shape))
+    with pytest.raises(TypeError, match=r"weight is float32, x is float64|x is float64, weight"):
+        K.prelu_forward(np.ones(3), np.ones(1, np.float32))
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("channels", [1, 3])
+def test_prelu_cpu_matches_cuda(channels, cuda_device, dtype, rng):
+    x = rng.standard_normal((2, 3, 2, 5)).astype(dtype)
+    g = rng.standard_normal(x.shape).astype(dtype)
+    w = rng.standard_normal(channels).astype(dtype)
+    d = lambda a: K.to_device(a, cuda_device)  # noqa: E731
+    np.testing.assert_allclose(K.to_host(K.prelu_forward(d(x), d(w))), K.prelu_forward(x, w),
+                               rtol=RTOL[dtype])
+    gx_cpu, gw_cpu = K.prelu_backward(g, x, w)
+    gx_gpu, gw_gpu = K.prelu_backward(d(g), d(x), d(w))
+    assert K.device_of(gx_gpu) == K.device_of(gw_gpu) == cuda_device
+    np.testing.assert_allclose(K.to_host(gx_gpu), gx_cpu, rtol=RTOL[dtype])
+    np.testing.assert_allclose(K.to_host(gw_gpu), gw_cpu, rtol=100 * RTOL[dtype])
+
+
+# ---------------------------------------------------------------- float32 accuracy
+@pytest.fixture(scope="module")
+def grid32():
+    """About 2 million float32 inputs, as in test_fastmath.py."""
+    rng = np.random.default_rng(0)
+    magnitudes = np.exp(rng.uniform(math.log(1e-30), math.log(1e4), 500_000))
+    return np.concatenate([
+        np.linspace(-30, 30, 1_000_001),
+        magnitudes * rng.choice([-1.0, 1.0], magnitudes.size),
+        rng.standard_normal(500_000) * 3,
+        [0.0, -0.0, 88.0, -88.0, 100.0, -100.0, 1e4, -1e4],
+    ]).astype(np.float32)
+
+
+def _ulps(got, exact, scale, x):
+    """|got - exact| in float32 ulps of ``scale``.  The floor is the subnormal spacing times
+    max(1, |x|): where x sigmoid(x) and the like are subnormal, the rounding of the subnormal
+    factor (2**-150 at most) is multiplied by |x|."""
+    spacing = np.maximum(np.spacing(np.abs(scale).astype(np.float32)).astype(np.float64),
+                         2.0 ** -149 * np.maximum(1.0, np.abs(x)))
+    return np.abs(got.astype(np.float64) - exact) / spacing
+
+
+# Measured maxima on this machine's grid (AVX-512 with FMA): silu 2.98, silu' 3.59, mish 4.06,
+# mish' 4.93 ulps (derivatives: ulps of the size of their two terms); the tanh GELU 2.46 and
+# its derivative 2.91 ulps times (1 + |2z|), from rounding 2z = 2 sqrt(2/pi) (x + 0.044715 x**3)
+# (a few ulps of 2z), which sigmoid(2z) turns into |2z| ulps where 2z is very negative.  The
+# bounds leave a margin for other CPUs.
+@pytest.mark.parametrize("name, bound", [("silu", 4), ("mish", 5.5), ("gelu_tanh", 3.5)])
+def test_float32_accuracy(grid32, name, bound):
+    x = grid32
+    v = x.astype(np.float64)
+    with np.errstate(all="ignore"):
+        y_exact = CASES[name][1](v)
+        a, b = GRAD_TERMS[name](v)
+        g_exact = np.nan_to_num(a + b)
+        terms = np.nan_to_num(np.abs(a) + np.abs(b))
+    per = (1 + np.abs(_z2(v))) if name == "gelu_tanh" else 1.0
+    y = fwd(name, x)
+    g = bwd(name, np.ones_like(x), x)
+    assert (_ulps(y, y_exact, y_exact, v) / per).max() <= bound
+    assert (_ulps(g, g_exact, terms, v) / per).max() <= bound + 1.5
+    assert np.isfinite(y).all() and np.isfinite(g).all()

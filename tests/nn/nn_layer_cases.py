@@ -75,6 +75,13 @@ CASES = [
          kinks=(1.5,)),
     Case("step", lambda: nn.Step(), (3, 4), (2, 2), kinks=(0.0,)),
     Case("gelu", lambda: nn.GELU(), (3, 4), (2, 2)),
+    Case("gelu_tanh", lambda: nn.GELU(approximate="tanh"), (3, 4), (2, 2)),
+    Case("silu", lambda: nn.SiLU(), (3, 4), (2, 2)),
+    Case("mish", lambda: nn.Mish(), (3, 4), (2, 2)),
+    Case("hardtanh", lambda: nn.Hardtanh(-0.5, 2.0), (3, 4), (2, 2), kinks=(-0.5, 2.0)),
+    Case("relu6", lambda: nn.ReLU6(), (3, 4), (2, 2), kinks=(0.0, 6.0)),
+    Case("prelu", lambda: nn.PReLU(), (3, 4), (2, 2), kinks=(0.0,)),
+    Case("prelu_channels", lambda: nn.PReLU(3, init=0.1), (2, 3, 2), (1, 3, 2), kinks=(0.0,)),
     Case("softmax", lambda: nn.Softmax(), (3, 5), (2, 2)),
     Case("softmax_dim1_3d", lambda: nn.Softmax(dim=1), (2, 3, 2), (1, 2, 2)),
     Case("log_softmax", lambda: nn.LogSoftmax(dim=-1), (3, 5), (2, 2)),
@@ -133,6 +140,8 @@ CASES = [
                                      nn.Sequential(nn.Conv2d(1, 1, 3, padding=1), nn.Tanh())),
          (1, 1, 3, 3), (1, 1, 2, 2),
          cuda_build=lambda: nn.Concat(nn.Conv2d(1, 2, 1), nn.Identity(), nn.Tanh())),
+    Case("add", lambda: nn.Add(nn.Sequential(nn.Linear(3, 3), nn.Tanh()), nn.Identity(),
+                               nn.Linear(3, 3, bias=False)), (2, 3), (1, 3)),
 ]
 
 

@@ -52,8 +52,16 @@ def _leaf(m):
         return tnn.Softplus(m.beta, m.threshold)
     if isinstance(m, nn.Step):
         return Heaviside()
-    simple = {nn.ReLU: tnn.ReLU, nn.Tanh: tnn.Tanh, nn.Sigmoid: tnn.Sigmoid, nn.GELU: tnn.GELU,
-              nn.Identity: tnn.Identity}
+    if isinstance(m, nn.GELU):
+        return tnn.GELU(approximate=m.approximate)
+    if isinstance(m, nn.ReLU6):
+        return tnn.ReLU6()
+    if isinstance(m, nn.Hardtanh):
+        return tnn.Hardtanh(m.min_val, m.max_val)
+    if isinstance(m, nn.PReLU):
+        return tnn.PReLU(m.num_parameters, m.init)
+    simple = {nn.ReLU: tnn.ReLU, nn.Tanh: tnn.Tanh, nn.Sigmoid: tnn.Sigmoid, nn.SiLU: tnn.SiLU,
+              nn.Mish: tnn.Mish, nn.Identity: tnn.Identity}
     if type(m) in simple:
         return simple[type(m)]()
     raise TypeError(f"no torch twin for {type(m).__name__}")

@@ -598,6 +598,9 @@ def test_nccl_comm_calls_cupy_nccl_as_documented(monkeypatch):
     monkeypatch.setattr(kernels, "SIMULATOR", False)
     monkeypatch.setattr(kernels, "devices", lambda: ["cpu", "cuda"])
     monkeypatch.setattr(kernels, "array_module", lambda device: xp)
+    # The device layer selects CuPy's and Numba's GPU together (kernels.device.select_gpu).
+    monkeypatch.setattr(kernels.device, "gpu_count", lambda: 4)
+    monkeypatch.setattr(kernels.device, "select_gpu", lambda i: used.append(("device", i)))
     monkeypatch.setitem(sys.modules, "cupy.cuda.nccl", nccl)
     local = SimpleNamespace(Get_rank=lambda: 5, Free=lambda: None)
     mpi = SimpleNamespace(

@@ -175,7 +175,10 @@ def test_progress_bar_only_on_a_terminal_and_not_when_quiet(monkeypatch):
             assert shown == ""
         else:
             assert "epoch 1/1" in shown and "5/5" in shown and "loss=" in shown
-    # The per-epoch line goes to the log unless quiet (two of the three runs).
+    # The per-epoch line goes to the log unless quiet (two of the three runs).  A cold Numba
+    # cache adds a "compiling kernels" line first; whether it is cold depends on what ran
+    # before, so it is left out here (tests/kernels/test_warmup.py tests it).
+    lines = [line for line in lines if not line.startswith("compiling kernels")]
     assert len(lines) == 2 and lines[0].startswith("epoch 1/1  train loss")
 
 
