@@ -191,9 +191,12 @@ def _adagrad_rule(p, g, s, eps, weight_decay, neg_clr, use_weight_decay, maximiz
 
 
 _rmsprop_rule_cpu = njit(inline="always")(_rmsprop_rule)
-_rmsprop_rule_cuda = cuda.jit(device=True)(_rmsprop_rule)
+# inline=True: the rule is compiled into each kernel rather than called, which also lets
+# cuda.compile_ptx build the kernels without a GPU (tests/kernels/test_cuda_compile.py; a
+# separately compiled device function asks the driver for the current device).
+_rmsprop_rule_cuda = cuda.jit(device=True, inline=True)(_rmsprop_rule)
 _adagrad_rule_cpu = njit(inline="always")(_adagrad_rule)
-_adagrad_rule_cuda = cuda.jit(device=True)(_adagrad_rule)
+_adagrad_rule_cuda = cuda.jit(device=True, inline=True)(_adagrad_rule)
 
 
 # One loop per combination of the two buffers: a load or store under a condition, even a

@@ -65,10 +65,18 @@ def _drive_kernels(dtype):
     rng = np.random.default_rng(0)
     x = dev(rng.standard_normal((2, 4, 6, 6)).astype(dtype))
     for name in K.activation.__all__:
+        if name.startswith("prelu"):
+            continue  # takes a weight: below
         if name.endswith("_forward"):
             getattr(K, name)(x)
         else:
             getattr(K, name)(x, x)
+    K.gelu_forward(x, approximate="tanh")
+    K.gelu_backward(x, x, approximate="tanh")
+    for slopes in (1, 4):   # one shared slope; one per channel
+        wp = dev(rng.standard_normal(slopes).astype(dtype))
+        K.prelu_forward(x, wp)
+        K.prelu_backward(x, x, wp)
     labels = dev(np.array([0, 4, 2]))
     for width in (5, 70):   # one thread per row; a block per row
         logits = dev(rng.standard_normal((3, width)).astype(dtype))
@@ -111,6 +119,14 @@ def _drive_kernels(dtype):
     for amsgrad in (False, True):
         K.adam_step(p, p, dev(np.zeros(10, dtype)), dev(np.zeros(10, dtype)),
                     dev(np.zeros(10, dtype)) if amsgrad else None, 1, 1e-3)
+
+    def zeros():
+        return dev(np.zeros(10, dtype))
+    for momentum, centered in ((0.0, False), (0.9, False), (0.0, True), (0.9, True)):
+        K.rmsprop_step(p, p, zeros(), zeros() if centered else None,
+                       zeros() if momentum else None, 1e-3, momentum=momentum,
+                       centered=centered)
+    K.adagrad_step(p, p, zeros(), 1, 1e-2)
 
 
 def _drive_models():

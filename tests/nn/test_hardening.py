@@ -314,7 +314,7 @@ CONFIG_CASES = [
     (_set("config", "batch_size", value=0), "config field 'batch_size'"),
     (_set("config", "batch_size", value=2.5), "config field 'batch_size'"),
     (_set("config", "lr", value=float("nan")), "config field 'lr'"),
-    (_set("config", "optimizer", value="rmsprop"), "config field 'optimizer'"),
+    (_set("config", "optimizer", value="lbfgs"), "config field 'optimizer'"),
     (_set("config", "model", value=["mlp"]), "config field 'model'"),
     (_set("config", "normalize", "std", value=[0.0]), "config field 'normalize'"),
     (_set("config", "normalize", "std", value=["one"]), "config field 'normalize'"),
@@ -371,8 +371,8 @@ def test_mismatched_weights_give_one_line_on_evaluate(finished_run, tmp_path, ca
 
 def test_unknown_optimizer_or_schedule_never_falls_back():
     params = nn.Linear(2, 2).parameters()
-    config = dict(cli.TRAIN_DEFAULTS, optimizer="rmsprop")
-    with pytest.raises(cli.UserError, match="unknown optimizer 'rmsprop'"):
+    config = dict(cli.TRAIN_DEFAULTS, optimizer="lbfgs")
+    with pytest.raises(cli.UserError, match="unknown optimizer 'lbfgs'"):
         cli.build_optimizer(config, params)   # before: silently AdamW
     optimizer = cli.build_optimizer(dict(cli.TRAIN_DEFAULTS), nn.Linear(2, 2).parameters())
     with pytest.raises(cli.UserError, match="unknown schedule 'linear'"):
