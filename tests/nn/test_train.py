@@ -239,3 +239,52 @@ def test_plots_write_pngs(tmp_path):
         assert open(f, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(ValueError, match="input_shape"):
         plots.plot_filters(rng.standard_normal((4, 10)), tmp_path / "x.png", input_shape=(1, 8, 8))
+
+
+@pytest.mark.parametrize("name", ["SGD", "Adam", "AdamW", "RMSprop", "Adagrad"])
+def test_optimizer_found_inf_skips_every_update(name):
+    """The flag the trainer guards steps with: while ``found_inf`` is nonzero, step() leaves
+    parameters and buffers as they were; cleared, the same step updates them."""
+    model = make_model(0, dropout=False)
+    options = {"momentum": 0.9} if name in ("SGD", "RMSprop") else {}
+    opt = getattr(nn.optim, name)(model.parameters(), lr=0.1, **options)
+    for p in model.parameters():
+        p.grad = np.ones_like(p.data)
+    opt.step()                                    # buffers exist and are nonzero now
+    before = params(model)
+    buffers = {id(p): {k: np.array(v) for k, v in s.items() if isinstance(v, np.ndarray)}
+               for p, s in opt.state.items()}
+    opt.found_inf = np.array([np.inf], np.float32)
+    opt.step()
+    for k, v in params(model).items():
+        np.testing.assert_array_equal(v, before[k], err_msg=k)
+    for p, s in opt.state.items():
+        for k, v in buffers[id(p)].items():
+            np.testing.assert_array_equal(s[k], v, err_msg=k)
+    opt.found_inf = np.zeros(1, np.float32)
+    opt.step()
+    assert any(not np.array_equal(v, before[k]) for k, v in params(model).items())
+
+
+def test_non_finite_loss_guard_with_an_optimizer_of_ones_own(tmp_path):
+    """An optimizer whose update ignores ``found_inf`` still never applies a NaN loss's
+    gradients: the trainer reads the flag before each of its steps instead."""
+    class Plain(nn.optim.Optimizer):
+        def __init__(self, params, lr):
+            super().__init__(params, {"lr": lr})
+
+        def _check_group(self, group):
+            pass
+
+        def _update(self, p, state, group):
+            p.data -= group["lr"] * p.grad
+
+    model = make_model(0, dropout=False)
+    ds = data.blobs(n=60, num_classes=3, seed=0)
+    ds.x[5, 0] = np.nan                           # the first batch
+    before = params(model)
+    with pytest.raises(NonFiniteLossError, match=r"epoch 1, batch 1 of 6"):
+        Trainer(model, nn.CrossEntropyLoss(), Plain(model.parameters(), 0.1),
+                quiet=True).fit(data.DataLoader(ds, batch_size=10), epochs=1)
+    for k, v in params(model).items():
+        np.testing.assert_array_equal(v, before[k], err_msg=k)
