@@ -1,7 +1,8 @@
 """The fit loop: epochs of mini-batch training, validation, metrics, early stopping, checkpoints.
 
 One epoch is: for each training batch, ``y = model(x)``, ``loss = loss_fn(y, target)``,
-``model.backward(loss_fn.backward())``, ``optimizer.step()``; then one pass over the
+``model.backward(loss_fn.backward(), input_grad=False)`` (no gradient for the data: the first
+layer skips that kernel), ``optimizer.step()``; then one pass over the
 validation data in eval mode, one schedule step, the history row, and a checkpoint.
 
 A checkpoint (``checkpoint.safetensors``, written atomically with :func:`nn.save` every
@@ -30,7 +31,7 @@ import numpy as np
 import kernels
 
 from . import init as nn_init
-from .module import no_grad
+from .module import call_backward, no_grad
 
 __all__ = ["Trainer", "fit", "evaluate", "NonFiniteLossError", "RunFolderBusyError", "RunLock",
            "remove_stale_temps", "write_atomic", "json_text", "CheckpointStateError",
@@ -595,7 +596,8 @@ class Trainer:
                 if stats.read_each_batch or (bar is not None and batch % bar_every == 0):
                     self._raise_if_non_finite(stats.read(), n_batches)
                 optimizer.zero_grad()
-                model.backward(loss_fn.backward())
+                # The input is data: the first layer skips its input gradient.
+                call_backward(model, loss_fn.backward(), input_grad=False)
                 optimizer.step()
                 if bar is not None:
                     bar.update(1)
