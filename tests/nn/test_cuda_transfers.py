@@ -185,16 +185,15 @@ def test_a_trainer_epoch_reads_nothing_per_batch(name):
     the number of batches: the epoch's totals (one read), plus the label checks deferred
     by cross-entropy (one read, classification only)."""
     per_epoch = {"lenet5": 2, "smallvgg": 2, "unet": 1}[name]
-    for batches in (2, 4):
-        model, loss_fn, task, _ = _model(name)
-        model.to("cuda")
-        trainer = nn.train.Trainer(model, loss_fn, nn.optim.SGD(model.parameters(), lr=0.01,
-                                                                momentum=0.9),
-                                   task=task, quiet=True)
-        loader = _loader(2 * batches)
-        trainer.fit(loader, epochs=1)       # lazily created state (momentum buffers...)
+    model, loss_fn, task, _ = _model(name)
+    model.to("cuda")
+    trainer = nn.train.Trainer(model, loss_fn, nn.optim.SGD(model.parameters(), lr=0.01,
+                                                            momentum=0.9),
+                               task=task, quiet=True)
+    trainer.fit(_loader(2), epochs=1)       # lazily created state (momentum buffers...)
+    for epochs, batches in ((2, 1), (3, 3)):
         with K.strict_transfers() as count:
-            history = trainer.fit(loader, epochs=2)
+            history = trainer.fit(_loader(2 * batches), epochs=epochs)
         assert count.to_device == 2 * batches, (batches, count)
         assert count.to_host == per_epoch, (batches, count)
         assert np.isfinite(history[-1]["train_loss"])
