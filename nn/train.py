@@ -307,7 +307,7 @@ class _EpochStats:
     every ``optimizer.step()`` of the epoch leaves the weights as they were.
     """
 
-    def __init__(self, device, optimizer):
+    def __init__(self, device, optimizer=None):
         xp = self.xp = kernels.array_module(device)
         self.loss_sum = xp.zeros((), dtype=xp.float64)
         self.hits = xp.zeros((), dtype=xp.int64)
@@ -317,10 +317,12 @@ class _EpochStats:
         self.total = 0
         self.host = None   # the last values read
         # Reads are free on the CPU: check every batch there, before its backward pass.
-        self.read_each_batch = device == "cpu" or not _honours_found_inf(optimizer)
+        self.read_each_batch = device == "cpu" or (optimizer is not None
+                                                   and not _honours_found_inf(optimizer))
         self.optimizer = optimizer
         self._previous = getattr(optimizer, "found_inf", None)
-        optimizer.found_inf = self.found_inf
+        if optimizer is not None:
+            optimizer.found_inf = self.found_inf
 
     def add(self, batch, loss, n, out, labels):
         """Count batch ``batch`` (``n`` samples); ``out`` and ``labels`` for accuracy, or
@@ -348,7 +350,8 @@ class _EpochStats:
         return self.host
 
     def release(self):
-        self.optimizer.found_inf = self._previous
+        if self.optimizer is not None:
+            self.optimizer.found_inf = self._previous
 
 
 @no_grad()  # no backward follows: neither the model nor the loss keeps a context
@@ -358,35 +361,41 @@ def evaluate(model, loader, loss_fn, task="classification", num_classes=None):
     Runs in eval mode under :class:`nn.no_grad` and restores the model's previous mode.  The
     confusion matrix has the true class on rows and the predicted class on columns
     (``num_classes`` x ``num_classes``, from the largest label or logit index seen when not
-    given).
+    given).  Nothing is read from the device per batch: the sums and the (label, prediction)
+    pairs are read once at the end (two transfers).
     """
     was_training = model.training
     model.eval()
-    total_loss, total, correct = 0.0, 0, 0
-    pairs = []
+    stats, total, xp = None, 0, None
+    labels, preds = [], []   # kept where they are and read once, at the end
     try:
-        for x, y in loader:
+        for batch, (x, y) in enumerate(loader, start=1):
             out = model(x)
             target = x if task == "reconstruction" else y
-            loss = float(loss_fn(out, target))
-            n = len(x)
-            total_loss += loss * n
-            total += n
+            loss = loss_fn(out, target)
+            if stats is None:
+                device = kernels.device_of(out)
+                xp = kernels.array_module(device)
+                stats = _EpochStats(device)
+            stats.add(batch, loss, len(x), out if task == "classification" else None, y)
+            total += len(x)
             if task == "classification":
-                xp = kernels.array_module(kernels.device_of(out))
-                pred = xp.argmax(out, axis=1)
-                correct += int((pred == y).sum())
-                pairs.append((kernels.to_host(y), kernels.to_host(pred)))
+                labels.append(y)
+                preds.append(xp.argmax(out, axis=1))
                 if num_classes is None or out.shape[1] > num_classes:
                     num_classes = int(out.shape[1])
     finally:
         model.train(was_training)
-    result = {"loss": total_loss / max(total, 1), "samples": total}
+    # A non-finite batch loss makes the sum, and so the mean, non-finite: the caller reports it.
+    host = {"loss": 0.0, "correct": 0} if stats is None else stats.read()
+    result = {"loss": host["loss"] / max(total, 1), "samples": total}
     if task == "classification":
         confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
-        for y, pred in pairs:
-            np.add.at(confusion, (y, pred), 1)
-        result["accuracy"] = correct / max(total, 1)
+        if labels:
+            pairs = kernels.to_host(xp.stack([xp.concatenate(labels),
+                                              xp.concatenate(preds).astype(labels[0].dtype)]))
+            np.add.at(confusion, (pairs[0], pairs[1]), 1)
+        result["accuracy"] = host["correct"] / max(total, 1)
         result["confusion"] = confusion
     return result
 

@@ -8,6 +8,7 @@ import sys
 import numpy as np
 import pytest
 
+import kernels as K
 import nn
 from nn import data, plots
 from nn.train import (CHECKPOINT_NAME, LEGACY_CHECKPOINT_NAME, NonFiniteLossError, Trainer,
@@ -201,7 +202,17 @@ def test_reconstruction_task_and_plateau_schedule():
 
 
 @pytest.mark.cuda
+@pytest.mark.skipif(not K.SIMULATOR, reason="strict_transfers() is a simulator mode")
+def test_cuda_tests_here_run_in_strict_transfer_mode(cuda_device):
+    assert K.device._strict is not None     # tests/nn/conftest.py
+    with pytest.raises(K.ImplicitTransferError):
+        float(K.to_device(np.ones(1), cuda_device).sum())
+
+
+@pytest.mark.cuda
 def test_fit_on_the_cuda_device_matches_the_cpu(cuda_device, tmp_path):
+    """Also the validation pass (evaluate) and the checkpoint's finiteness check: in strict
+    mode on the simulator (tests/nn/conftest.py), neither reads the device implicitly."""
     # Tiny on purpose: under the simulator every GPU thread is a Python thread.
     ds = data.blobs(n=16, num_classes=3, seed=0)
     results = {}
