@@ -273,3 +273,29 @@ def test_optimizer_kernels_skip_on_a_device_flag(kind):
     with pytest.raises(ValueError, match=r"found_inf: expected a 1-element array, got shape "
                                          r"\(2,\)"):
         step(p, _dev(np.zeros(2, np.float32)))
+
+
+def test_the_progress_bar_reads_at_most_bar_reads_times_per_epoch(monkeypatch):
+    import io
+    import sys
+
+    pytest.importorskip("tqdm")
+    from nn import data
+    from nn.train import BAR_READS
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    nn.manual_seed(0)
+    model = nn.Sequential(nn.Linear(2, 2)).to("cuda")
+    batches = 4 * BAR_READS
+    loader = data.DataLoader(data.blobs(n=batches, num_classes=2, seed=0), batch_size=1,
+                             device="cuda")
+    trainer = nn.train.Trainer(model, nn.MSELoss(), nn.optim.SGD(model.parameters(), lr=0.01),
+                               task="reconstruction", log=lambda line: None)
+    trainer.fit(loader, epochs=1)
+    with K.strict_transfers() as count:
+        trainer.fit(loader, epochs=2)
+    assert count.to_host == BAR_READS + 1   # the bar's refreshes and the epoch's end
+    assert "loss=" in sys.stderr.getvalue()
