@@ -49,7 +49,7 @@ import math
 from numba import cuda, njit, prange
 
 from .checks import check_float, check_floats, check_same_shape, contiguous
-from .device import array_module, dispatch
+from .device import CPU, array_module, device_of, dispatch
 
 __all__ = ["sgd_step", "adam_step", "rmsprop_step", "adagrad_step"]
 
@@ -77,9 +77,9 @@ def _sgd_step_cpu(param, grad, buf, neg_lr, weight_decay, momentum, one_minus_da
 
 @cuda.jit(cache=True)
 def _sgd_step_cuda(param, grad, buf, neg_lr, weight_decay, momentum, one_minus_dampening,
-                   use_weight_decay, use_momentum, nesterov, first_step, maximize):
+                   use_weight_decay, use_momentum, nesterov, first_step, maximize, found_inf):
     i = cuda.grid(1)
-    if i < param.size:
+    if i < param.size and found_inf[0] == 0:
         g = -grad[i] if maximize else grad[i]
         if use_weight_decay:
             g = g + weight_decay * param[i]
@@ -127,9 +127,9 @@ def _adam_step_cpu(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, weight_deca
 @cuda.jit(cache=True)
 def _adam_step_cuda(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, weight_decay,
                     decay_factor, w1, one_minus_w1, beta2, one_minus_beta2, bc2_sqrt, eps,
-                    neg_step_size, use_l2, use_decoupled, amsgrad, maximize):
+                    neg_step_size, use_l2, use_decoupled, amsgrad, maximize, found_inf):
     i = cuda.grid(1)
-    if i < param.size:
+    if i < param.size and found_inf[0] == 0:
         p = param[i]
         g = -grad[i] if maximize else grad[i]
         if use_decoupled:
@@ -235,9 +235,9 @@ def _rmsprop_step_cpu(param, grad, square_avg, grad_avg, buf, alpha, one_minus_a
 @cuda.jit(cache=True)
 def _rmsprop_step_cuda(param, grad, square_avg, grad_avg, buf, alpha, one_minus_alpha, w,
                        one_minus_w, eps, weight_decay, momentum, neg_lr, use_weight_decay,
-                       centered, use_momentum, maximize):
+                       centered, use_momentum, maximize, found_inf):
     i = cuda.grid(1)
-    if i < param.size:
+    if i < param.size and found_inf[0] == 0:
         p, s, a, b = _rmsprop_rule_cuda(
             param[i], grad[i], square_avg[i], grad_avg[i] if centered else param[i],
             buf[i] if use_momentum else param[i], alpha, one_minus_alpha, w, one_minus_w, eps,
@@ -262,9 +262,9 @@ def _adagrad_step_cpu(param, grad, state_sum, eps, weight_decay, neg_clr, use_we
 
 @cuda.jit(cache=True)
 def _adagrad_step_cuda(param, grad, state_sum, eps, weight_decay, neg_clr, use_weight_decay,
-                       maximize):
+                       maximize, found_inf):
     i = cuda.grid(1)
-    if i < param.size:
+    if i < param.size and found_inf[0] == 0:
         p, s = _adagrad_rule_cuda(param[i], grad[i], state_sum[i], eps, weight_decay, neg_clr,
                                   use_weight_decay, maximize)
         param[i] = p
@@ -303,12 +303,47 @@ def _check_step(step):
     return int(step)
 
 
+def _check_found_inf(found_inf, device, xp):
+    """``found_inf`` as the kernels take it: a 1-element float32 array on ``device``.
+
+    None (never skip) becomes a device zero on the GPU.  Nothing here reads the flag on the
+    host: a GPU kernel reads it itself, so a step guarded by a flag computed on the device
+    (the Trainer's "loss was non-finite") costs no device-to-host transfer.
+    """
+    if found_inf is None:
+        return None if device == CPU else xp.zeros(1, dtype=xp.float32)
+    if not hasattr(found_inf, "shape") or not hasattr(found_inf, "dtype"):
+        raise TypeError(f"found_inf: expected None or a 1-element array, got "
+                        f"{type(found_inf).__name__}")
+    if found_inf.size != 1:
+        raise ValueError(f"found_inf: expected a 1-element array, got shape "
+                         f"{tuple(found_inf.shape)}")
+    where = device_of(found_inf)
+    if where != device:
+        raise ValueError(f"found_inf: expected an array on the parameter's device ({device}), "
+                         f"got one on {where}")
+    return found_inf.reshape(1).astype(xp.float32, copy=False)
+
+
+def _dispatch_step(device, cpu_kernel, cuda_kernel, n, args, found_inf):
+    """Run one optimizer kernel unless ``found_inf`` (from :func:`_check_found_inf`) is set.
+
+    On the CPU the flag is in host memory and read here; on a GPU every thread reads it.
+    """
+    if device == CPU:
+        if found_inf is not None and found_inf[0] != 0:
+            return
+        dispatch(device, cpu_kernel, cuda_kernel, n, *args)
+    else:
+        dispatch(device, cpu_kernel, cuda_kernel, n, *args, found_inf)
+
+
 def sgd_step(param, grad, momentum_buf, lr, momentum=0.0, dampening=0.0, weight_decay=0.0,
-             nesterov=False, first_step=False, maximize=False):
+             nesterov=False, first_step=False, maximize=False, found_inf=None):
     """One in-place SGD update of ``param`` (and ``momentum_buf``; None when momentum is 0).
 
     ``first_step`` starts the momentum buffer as a copy of the (decayed) gradient, as torch;
-    ``maximize`` ascends the gradient instead.
+    ``maximize`` ascends the gradient instead.  ``found_inf``: see :func:`adam_step`.
     """
     device = check_floats(param=param, grad=grad, momentum_buf=momentum_buf)
     check_same_shape("param", param, "grad", grad)
@@ -333,20 +368,26 @@ def sgd_step(param, grad, momentum_buf, lr, momentum=0.0, dampening=0.0, weight_
     # (see adam_step for why it must not be an array the kernel writes).
     flat_buf = momentum_buf.reshape(-1) if use_momentum else flat_grad
     dt = param.dtype.type
-    dispatch(device, _sgd_step_cpu, _sgd_step_cuda, param.size,
-             flat_param, flat_grad, flat_buf, dt(-lr), dt(weight_decay), dt(momentum),
-             dt(1.0 - dampening), weight_decay != 0, use_momentum, bool(nesterov),
-             bool(first_step), bool(maximize))
+    found_inf = _check_found_inf(found_inf, device, xp)
+    _dispatch_step(device, _sgd_step_cpu, _sgd_step_cuda, param.size, (
+        flat_param, flat_grad, flat_buf, dt(-lr), dt(weight_decay), dt(momentum),
+        dt(1.0 - dampening), weight_decay != 0, use_momentum, bool(nesterov), bool(first_step),
+        bool(maximize)), found_inf)
 
 
 def adam_step(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, lr, beta1=0.9,
               beta2=0.999, eps=1e-8, weight_decay=0.0, decoupled=False, amsgrad=False,
-              maximize=False):
+              maximize=False, found_inf=None):
     """One in-place Adam (``decoupled=False``) or AdamW (``decoupled=True``) update.
 
     ``step`` is the 1-based count of this update (for bias correction); ``max_exp_avg_sq``
     is required with ``amsgrad`` and ignored (may be None) without it; ``maximize`` ascends
     the gradient instead.
+
+    ``found_inf`` (every optimizer step takes it, as torch's fused optimizers do): None, or a
+    1-element array on the parameter's device; when it is nonzero the parameter and every
+    buffer are left untouched.  A GPU kernel reads it on the device, so a flag computed there
+    ("this batch's loss was not finite") guards the step without a host round trip.
     """
     device = check_floats(param=param, grad=grad, exp_avg=exp_avg, exp_avg_sq=exp_avg_sq,
                           max_exp_avg_sq=max_exp_avg_sq if amsgrad else None)
@@ -379,20 +420,22 @@ def adam_step(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, lr, beta1=
     flat_max = max_exp_avg_sq.reshape(-1) if amsgrad else flat_grad
     dt = param.dtype.type
     w1 = dt(1 - beta1)
-    dispatch(device, _adam_step_cpu, _adam_step_cuda, param.size,
-             flat_param, flat_grad, exp_avg.reshape(-1), exp_avg_sq.reshape(-1), flat_max,
-             dt(weight_decay), dt(1 - lr * weight_decay), w1, dt(1) - w1, dt(beta2),
-             dt(1 - beta2), dt(bc2_sqrt), dt(eps), dt(-step_size),
-             weight_decay != 0 and not decoupled, weight_decay != 0 and bool(decoupled),
-             bool(amsgrad), bool(maximize))
+    found_inf = _check_found_inf(found_inf, device, xp)
+    _dispatch_step(device, _adam_step_cpu, _adam_step_cuda, param.size, (
+        flat_param, flat_grad, exp_avg.reshape(-1), exp_avg_sq.reshape(-1), flat_max,
+        dt(weight_decay), dt(1 - lr * weight_decay), w1, dt(1) - w1, dt(beta2), dt(1 - beta2),
+        dt(bc2_sqrt), dt(eps), dt(-step_size), weight_decay != 0 and not decoupled,
+        weight_decay != 0 and bool(decoupled), bool(amsgrad), bool(maximize)), found_inf)
 
 
 def rmsprop_step(param, grad, square_avg, grad_avg, momentum_buf, lr, alpha=0.99, eps=1e-8,
-                 weight_decay=0.0, momentum=0.0, centered=False, maximize=False):
+                 weight_decay=0.0, momentum=0.0, centered=False, maximize=False,
+                 found_inf=None):
     """One in-place RMSprop update of ``param`` and its buffers.
 
     ``grad_avg`` is required with ``centered`` and ``momentum_buf`` when ``momentum > 0``;
     otherwise they are ignored (may be None).  Buffers start at zero, as torch's.
+    ``found_inf``: see :func:`adam_step`.
     """
     centered = bool(centered)
     lr = _check_number("lr", lr)
@@ -423,18 +466,19 @@ def rmsprop_step(param, grad, square_avg, grad_avg, momentum_buf, lr, alpha=0.99
     flat_buf = momentum_buf.reshape(-1) if use_momentum else flat_grad
     dt = param.dtype.type
     w = dt(1 - alpha)
-    dispatch(device, _rmsprop_step_cpu, _rmsprop_step_cuda, param.size,
-             param.reshape(-1), flat_grad, square_avg.reshape(-1), flat_avg, flat_buf,
-             dt(alpha), dt(1 - alpha), w, dt(1) - w, dt(eps), dt(weight_decay), dt(momentum),
-             dt(-lr), weight_decay != 0, centered, use_momentum, bool(maximize))
+    found_inf = _check_found_inf(found_inf, device, xp)
+    _dispatch_step(device, _rmsprop_step_cpu, _rmsprop_step_cuda, param.size, (
+        param.reshape(-1), flat_grad, square_avg.reshape(-1), flat_avg, flat_buf, dt(alpha),
+        dt(1 - alpha), w, dt(1) - w, dt(eps), dt(weight_decay), dt(momentum), dt(-lr),
+        weight_decay != 0, centered, use_momentum, bool(maximize)), found_inf)
 
 
 def adagrad_step(param, grad, state_sum, step, lr, lr_decay=0.0, weight_decay=0.0, eps=1e-10,
-                 maximize=False):
+                 maximize=False, found_inf=None):
     """One in-place Adagrad update of ``param`` and ``state_sum``.
 
     ``step`` is the 1-based count of this update: the learning rate decays to
-    ``lr / (1 + (step - 1) * lr_decay)``.
+    ``lr / (1 + (step - 1) * lr_decay)``.  ``found_inf``: see :func:`adam_step`.
     """
     device = check_floats(param=param, grad=grad, state_sum=state_sum)
     check_same_shape("param", param, "grad", grad)
@@ -449,6 +493,7 @@ def adagrad_step(param, grad, state_sum, step, lr, lr_decay=0.0, weight_decay=0.
     clr = lr / (1 + (step - 1) * lr_decay)
     xp = array_module(device)
     dt = param.dtype.type
-    dispatch(device, _adagrad_step_cpu, _adagrad_step_cuda, param.size,
-             param.reshape(-1), contiguous(xp, grad).reshape(-1), state_sum.reshape(-1),
-             dt(eps), dt(weight_decay), dt(-clr), weight_decay != 0, bool(maximize))
+    found_inf = _check_found_inf(found_inf, device, xp)
+    _dispatch_step(device, _adagrad_step_cpu, _adagrad_step_cuda, param.size, (
+        param.reshape(-1), contiguous(xp, grad).reshape(-1), state_sum.reshape(-1), dt(eps),
+        dt(weight_decay), dt(-clr), weight_decay != 0, bool(maximize)), found_inf)

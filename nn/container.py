@@ -21,7 +21,7 @@ from collections import OrderedDict
 
 import kernels as K
 
-from .module import Module
+from .module import Module, chain_backward
 
 __all__ = ["Sequential", "ModuleList", "Residual", "Concat", "Add"]
 
@@ -84,11 +84,10 @@ class Sequential(ModuleList):
             x = m(x)
         return x
 
-    def backward(self, grad_y):
+    def backward(self, grad_y, input_grad=True):
+        """``input_grad=False``: the first child skips dL/dx, and this returns None."""
         self.saved_tensors()
-        for m in reversed(list(self._modules.values())):
-            grad_y = m.backward(grad_y)
-        return grad_y
+        return chain_backward(list(self._modules.values()), grad_y, input_grad)
 
 
 class Residual(Module):

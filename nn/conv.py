@@ -45,10 +45,11 @@ class _ConvBase(Module):
         self.save_for_backward(x)
         return type(self)._forward_kernel(x, self.weight.data, self._bias(), **self._conv_args())
 
-    def backward(self, grad_y):
+    def backward(self, grad_y, input_grad=True):
+        """dL/dx, or None with ``input_grad=False`` (its kernel is then not run at all)."""
         x = self.saved_tensors()
         grad_x, grad_w, grad_b = type(self)._backward_kernel(
-            grad_y, x, self.weight.data, **self._conv_args(), **self._needs())
+            grad_y, x, self.weight.data, **self._conv_args(), **self._needs(input_grad))
         self._accumulate(grad_w, grad_b)
         return grad_x
 
@@ -63,8 +64,8 @@ class _ConvBase(Module):
         """torch's default: kaiming_uniform_(a=sqrt(5)) weight, U(+-1/sqrt(fan_in)) bias."""
         init._default_layer_init(self.weight, self.bias, generator)
 
-    def _needs(self):
-        return dict(need_input=True, need_weight=self.weight.requires_grad,
+    def _needs(self, input_grad=True):
+        return dict(need_input=bool(input_grad), need_weight=self.weight.requires_grad,
                     need_bias=self.bias is not None and self.bias.requires_grad)
 
     def _accumulate(self, grad_w, grad_b):

@@ -81,7 +81,8 @@ class Linear(Module):
         self.save_for_backward(x)
         return y
 
-    def backward(self, grad_y):
+    def backward(self, grad_y, input_grad=True):
+        """dL/dx, or None with ``input_grad=False`` (its matmul is then skipped)."""
         x = self.saved_tensors()
         # A float64 gradient into a float32 layer (or a wrong shape) would otherwise pass
         # through BLAS and only fail later, in the optimizer.
@@ -99,7 +100,7 @@ class Linear(Module):
             w.accumulate(_matmul(device, g2.T, x2))
         if self.bias is not None and self.bias.requires_grad:
             self.bias.accumulate(grad_y.reshape(-1, self.out_features).sum(axis=0))
-        return _matmul(device, grad_y, w.data)
+        return _matmul(device, grad_y, w.data) if input_grad else None
 
     def extra_repr(self):
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
@@ -108,6 +109,10 @@ class Linear(Module):
 
 class Identity(Module):
     """y = x (the same array); grad_x = grad_y."""
+
+    # Only moves values: when the model's input needs no gradient, neither does its output
+    # (module.chain_backward).
+    _reshapes_only = True
 
     def __init__(self, *args, **kwargs):  # torch ignores its arguments too
         super().__init__()
@@ -129,6 +134,10 @@ def _axis(dim, ndim, what):
 
 class Flatten(Module):
     """Merge dimensions ``start_dim..end_dim`` into one (a view); backward restores the shape."""
+
+    # Only moves values: when the model's input needs no gradient, neither does its output
+    # (module.chain_backward).
+    _reshapes_only = True
 
     def __init__(self, start_dim=1, end_dim=-1):
         super().__init__()
@@ -159,6 +168,10 @@ class Flatten(Module):
 
 class Unflatten(Module):
     """Split dimension ``dim`` into ``unflattened_size``; backward merges it back."""
+
+    # Only moves values: when the model's input needs no gradient, neither does its output
+    # (module.chain_backward).
+    _reshapes_only = True
 
     def __init__(self, dim, unflattened_size):
         super().__init__()

@@ -23,7 +23,7 @@ from .container import ModuleList, Residual, Sequential
 from .conv import Conv2d, ConvTranspose2d
 from .dropout import Dropout
 from .linear import Flatten, Identity, Linear, Unflatten
-from .module import Module
+from .module import Module, call_backward, chain_backward
 from .norm import BatchNorm2d
 from .pool import AvgPool2d, GlobalAvgPool2d, MaxPool2d
 
@@ -78,8 +78,8 @@ class MLP(Module):
     def forward(self, x):
         return self.layers(self.flatten(x))
 
-    def backward(self, grad_y):
-        return self.flatten.backward(self.layers.backward(grad_y))
+    def backward(self, grad_y, input_grad=True):
+        return chain_backward([self.flatten, self.layers], grad_y, input_grad)
 
 
 def _lenet_paddings(input_size):
@@ -123,8 +123,9 @@ class LeNet5(Module):
     def forward(self, x):
         return self.classifier(self.flatten(self.features(x)))
 
-    def backward(self, grad_y):
-        return self.features.backward(self.flatten.backward(self.classifier.backward(grad_y)))
+    def backward(self, grad_y, input_grad=True):
+        return chain_backward([self.features, self.flatten, self.classifier], grad_y,
+                              input_grad)
 
 
 class SmallVGG(Module):
@@ -162,8 +163,9 @@ class SmallVGG(Module):
     def forward(self, x):
         return self.classifier(self.flatten(self.features(x)))
 
-    def backward(self, grad_y):
-        return self.features.backward(self.flatten.backward(self.classifier.backward(grad_y)))
+    def backward(self, grad_y, input_grad=True):
+        return chain_backward([self.features, self.flatten, self.classifier], grad_y,
+                              input_grad)
 
 
 class BasicBlock(Module):
@@ -235,11 +237,11 @@ class ResNet(Module):
             h = stage(h)
         return self.fc(self.flatten(self.avgpool(h)))
 
-    def backward(self, grad_y):
+    def backward(self, grad_y, input_grad=True):
         g = self.avgpool.backward(self.flatten.backward(self.fc.backward(grad_y)))
         for stage in reversed(self._stages()):
             g = stage.backward(g)
-        return self.conv1.backward(self.bn1.backward(self.relu.backward(g)))
+        return call_backward(self.conv1, self.bn1.backward(self.relu.backward(g)), input_grad)
 
 
 def _double_conv(cin, cout, batch_norm):
@@ -298,7 +300,7 @@ class UNet(Module):
         self.save_for_backward([s.shape[1] for s in skips])
         return self.head(h)
 
-    def backward(self, grad_y):
+    def backward(self, grad_y, input_grad=True):
         skip_channels = self.saved_tensors()
         g = self.head.backward(grad_y)
         grad_skips = [None] * self.depth
@@ -309,8 +311,9 @@ class UNet(Module):
             g = self.ups[i].backward(g[:, :up_channels])
         g = self.bottleneck.backward(g)
         for i in reversed(range(self.depth)):
-            g = self.encoders[i].backward(self.pools[i].backward(g) + grad_skips[i])
-        return g
+            g = call_backward(self.encoders[i], self.pools[i].backward(g) + grad_skips[i],
+                              input_grad or i > 0)
+        return g if input_grad else None
 
 
 class Autoencoder(Module):
@@ -350,5 +353,5 @@ class Autoencoder(Module):
     def forward(self, x):
         return self.decoder(self.encoder(x))
 
-    def backward(self, grad_y):
-        return self.encoder.backward(self.decoder.backward(grad_y))
+    def backward(self, grad_y, input_grad=True):
+        return chain_backward([self.encoder, self.decoder], grad_y, input_grad)

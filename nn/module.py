@@ -27,6 +27,12 @@ A module that does not define ``backward`` gets :meth:`Module.backward`: when it
 only chains its children (see there) it runs them in reverse; otherwise it says what to
 write.
 
+``model.backward(grad_y, input_grad=False)``: the gradient of the model's input is not
+wanted (the trainer's case: the input is data).  Chains pass it to their first child, down to
+the first Conv2d or Linear, which then skips its input-gradient kernel; such a call may
+return None.  Layers whose ``backward`` takes only ``grad_y`` (users' own) are called as
+before (:func:`call_backward` looks at the signature), so the keyword is always safe to pass.
+
 Attribute names, ``state_dict`` keys and weight layouts follow ``torch.nn``, so a state dict
 maps one to one onto the same architecture in PyTorch.
 """
@@ -34,6 +40,7 @@ from __future__ import annotations
 
 import collections
 import functools
+import inspect
 import os
 import sys
 import threading
@@ -317,8 +324,11 @@ class Module:
     def forward(self, x):
         raise TypeError(f"{type(self).__name__} does not define forward()")
 
-    def backward(self, grad_y):
+    def backward(self, grad_y, input_grad=True):
         """dL/dx for dL/dy = ``grad_y`` of the latest forward; adds parameter gradients.
+
+        ``input_grad=False``: dL/dx is not wanted; the chain passes it to its first child and
+        returns None (see the module docstring).
 
         Every layer of the library defines its own.  A module that defines only ``forward``
         gets this one, which handles the chain case: when ``forward`` calls its children one
@@ -350,9 +360,7 @@ class Module:
                 f"Define backward(self, grad_y) in {type(self).__name__}, calling each "
                 f"child's backward in reverse order and adding the gradients of branches "
                 f"(see {README_SECTION})")
-        for child in reversed(ctx.children):
-            grad_y = child.backward(grad_y)
-        return grad_y
+        return chain_backward(ctx.children, grad_y, input_grad)
 
     def __call__(self, *args, **kwargs):
         st = _state
@@ -686,6 +694,47 @@ def recently_saved(a):
     backward: overwriting it in place (``ReLU(inplace=True)``) would corrupt that backward."""
     owner = _owner(a)
     return any(ref() is owner for ref in _state.recent)
+
+
+def _takes_input_grad(backward):
+    try:
+        params = inspect.signature(backward).parameters
+    except (TypeError, ValueError):  # a builtin or otherwise opaque callable
+        return False
+    return "input_grad" in params or any(
+        p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
+def call_backward(module, grad_y, input_grad=True):
+    """``module.backward(grad_y)``, passing ``input_grad=False`` on when the module takes it.
+
+    A ``backward(self, grad_y)`` of a user's own layer is called without it and computes
+    dL/dx as always (wasted work, never a wrong result).
+    """
+    if input_grad or not _takes_input_grad(module.backward):
+        return module.backward(grad_y)
+    return module.backward(grad_y, input_grad=False)
+
+
+def chain_backward(children, grad_y, input_grad=True):
+    """Backward through ``children`` called one after the other in forward (dL/dx, or None
+    with ``input_grad=False``).
+
+    Without an input gradient, leading children that only reshape (``Flatten``,
+    ``Unflatten``, ``Identity``: class attribute ``_reshapes_only``) need no gradient of
+    their output either: their contexts are dropped unread, and the first child after them
+    is told ``input_grad=False``.
+    """
+    first = 0
+    if not input_grad:
+        while first < len(children) and getattr(children[first], "_reshapes_only", False) \
+                and not children[first]._modules:
+            first += 1
+    for i in range(len(children) - 1, first - 1, -1):
+        grad_y = call_backward(children[i], grad_y, input_grad or i > first)
+    for i in range(first - 1, -1, -1):
+        children[i].saved_tensors()   # the context its backward would have taken
+    return grad_y if input_grad else None
 
 
 def _caller_level():

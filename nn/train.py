@@ -1,7 +1,8 @@
 """The fit loop: epochs of mini-batch training, validation, metrics, early stopping, checkpoints.
 
 One epoch is: for each training batch, ``y = model(x)``, ``loss = loss_fn(y, target)``,
-``model.backward(loss_fn.backward())``, ``optimizer.step()``; then one pass over the
+``model.backward(loss_fn.backward(), input_grad=False)`` (no gradient for the data: the first
+layer skips that kernel), ``optimizer.step()``; then one pass over the
 validation data in eval mode, one schedule step, the history row, and a checkpoint.
 
 A checkpoint (``checkpoint.safetensors``, written atomically with :func:`nn.save` every
@@ -30,7 +31,7 @@ import numpy as np
 import kernels
 
 from . import init as nn_init
-from .module import no_grad
+from .module import call_backward, no_grad
 
 __all__ = ["Trainer", "fit", "evaluate", "NonFiniteLossError", "RunFolderBusyError", "RunLock",
            "remove_stale_temps", "write_atomic", "json_text", "CheckpointStateError",
@@ -281,6 +282,78 @@ def _progress(total, desc, enabled):
                 dynamic_ncols=True)
 
 
+# The progress bar shows the running loss; on a GPU showing it is a read, so the bar's loss is
+# refreshed at most this many times per epoch there (every batch on the CPU).
+BAR_READS = 10
+
+
+def _honours_found_inf(optimizer):
+    """Whether ``optimizer.step()`` skips its updates while ``optimizer.found_inf`` is set.
+
+    The built-in optimizers' updates do (their kernels read the flag); an optimizer with an
+    update of its own may not, and the trainer then reads the flag on the host every batch.
+    """
+    from .optim import optimizer as builtin
+    return getattr(type(optimizer), "_update", None) in {
+        builtin.SGD._update, builtin.Adam._update, builtin.RMSprop._update,
+        builtin.Adagrad._update}
+
+
+class _EpochStats:
+    """An epoch's running loss, correct count and non-finite-loss flag, kept on the device
+    of the model's outputs and read on the host only by :meth:`read` (one transfer).
+
+    While it lives, ``optimizer.found_inf`` is its flag: from the first non-finite loss on,
+    every ``optimizer.step()`` of the epoch leaves the weights as they were.
+    """
+
+    def __init__(self, device, optimizer=None):
+        xp = self.xp = kernels.array_module(device)
+        self.loss_sum = xp.zeros((), dtype=xp.float64)
+        self.hits = xp.zeros((), dtype=xp.int64)
+        self.found_inf = xp.zeros(1, dtype=xp.float32)
+        self.bad_batch = xp.zeros((), dtype=xp.int64)   # 0: none yet (batches count from 1)
+        self.bad_loss = xp.zeros((), dtype=xp.float64)
+        self.total = 0
+        self.host = None   # the last values read
+        # Reads are free on the CPU: check every batch there, before its backward pass.
+        self.read_each_batch = device == "cpu" or (optimizer is not None
+                                                   and not _honours_found_inf(optimizer))
+        self.optimizer = optimizer
+        self._previous = getattr(optimizer, "found_inf", None)
+        if optimizer is not None:
+            optimizer.found_inf = self.found_inf
+
+    def add(self, batch, loss, n, out, labels):
+        """Count batch ``batch`` (``n`` samples); ``out`` and ``labels`` for accuracy, or
+        ``out=None``.  Only device operations: nothing is read here."""
+        xp = self.xp
+        loss = xp.asarray(loss)
+        bad = ~xp.isfinite(loss)
+        first = bad & (self.found_inf.reshape(()) == 0)
+        self.bad_batch = xp.where(first, batch, self.bad_batch)
+        self.bad_loss = xp.where(first, loss.astype(xp.float64), self.bad_loss)
+        xp.maximum(self.found_inf, bad.astype(xp.float32), out=self.found_inf)
+        self.loss_sum = self.loss_sum + loss.astype(xp.float64) * n
+        if out is not None:
+            self.hits = self.hits + (xp.argmax(out, axis=1) == labels).sum()
+        self.total += n
+
+    def read(self):
+        """The totals so far on the host (one device-to-host transfer)."""
+        xp = self.xp
+        values = kernels.to_host(xp.stack([self.loss_sum, self.hits.astype(xp.float64),
+                                           self.bad_batch.astype(xp.float64), self.bad_loss]))
+        loss_sum, hits, bad_batch, bad_loss = (float(v) for v in values)
+        self.host = {"loss": loss_sum, "correct": int(hits), "total": self.total,
+                     "bad_batch": int(bad_batch) or None, "bad_loss": bad_loss}
+        return self.host
+
+    def release(self):
+        if self.optimizer is not None:
+            self.optimizer.found_inf = self._previous
+
+
 @no_grad()  # no backward follows: neither the model nor the loss keeps a context
 def evaluate(model, loader, loss_fn, task="classification", num_classes=None):
     """Mean loss, and for classification accuracy and the confusion matrix, over ``loader``.
@@ -288,35 +361,41 @@ def evaluate(model, loader, loss_fn, task="classification", num_classes=None):
     Runs in eval mode under :class:`nn.no_grad` and restores the model's previous mode.  The
     confusion matrix has the true class on rows and the predicted class on columns
     (``num_classes`` x ``num_classes``, from the largest label or logit index seen when not
-    given).
+    given).  Nothing is read from the device per batch: the sums and the (label, prediction)
+    pairs are read once at the end (two transfers).
     """
     was_training = model.training
     model.eval()
-    total_loss, total, correct = 0.0, 0, 0
-    pairs = []
+    stats, total, xp = None, 0, None
+    labels, preds = [], []   # kept where they are and read once, at the end
     try:
-        for x, y in loader:
+        for batch, (x, y) in enumerate(loader, start=1):
             out = model(x)
             target = x if task == "reconstruction" else y
-            loss = float(loss_fn(out, target))
-            n = len(x)
-            total_loss += loss * n
-            total += n
+            loss = loss_fn(out, target)
+            if stats is None:
+                device = kernels.device_of(out)
+                xp = kernels.array_module(device)
+                stats = _EpochStats(device)
+            stats.add(batch, loss, len(x), out if task == "classification" else None, y)
+            total += len(x)
             if task == "classification":
-                xp = kernels.array_module(kernels.device_of(out))
-                pred = xp.argmax(out, axis=1)
-                correct += int((pred == y).sum())
-                pairs.append((kernels.to_host(y), kernels.to_host(pred)))
+                labels.append(y)
+                preds.append(xp.argmax(out, axis=1))
                 if num_classes is None or out.shape[1] > num_classes:
                     num_classes = int(out.shape[1])
     finally:
         model.train(was_training)
-    result = {"loss": total_loss / max(total, 1), "samples": total}
+    # A non-finite batch loss makes the sum, and so the mean, non-finite: the caller reports it.
+    host = {"loss": 0.0, "correct": 0} if stats is None else stats.read()
+    result = {"loss": host["loss"] / max(total, 1), "samples": total}
     if task == "classification":
         confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
-        for y, pred in pairs:
-            np.add.at(confusion, (y, pred), 1)
-        result["accuracy"] = correct / max(total, 1)
+        if labels:
+            pairs = kernels.to_host(xp.stack([xp.concatenate(labels),
+                                              xp.concatenate(preds).astype(labels[0].dtype)]))
+            np.add.at(confusion, (pairs[0], pairs[1]), 1)
+        result["accuracy"] = host["correct"] / max(total, 1)
         result["confusion"] = confusion
     return result
 
@@ -469,11 +548,14 @@ class Trainer:
         save(self.state_dict(train_loader), self.checkpoint_path)
 
     def _parameters_finite(self):
+        """Whether every parameter is finite: one read per device, not one per parameter."""
+        verdicts = {}
         for p in self.model.parameters():
-            xp = kernels.array_module(kernels.device_of(p.data))
-            if not bool(xp.isfinite(p.data).all()):
-                return False
-        return True
+            device = kernels.device_of(p.data)
+            verdicts.setdefault(device, []).append(
+                kernels.array_module(device).isfinite(p.data).all())
+        return all(bool(kernels.to_host(kernels.array_module(device).stack(flags)).all())
+                   for device, flags in verdicts.items())
 
     # ------------------------------------------------------------------ metrics files
     def write_metrics(self):
@@ -494,42 +576,53 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
     def _train_epoch(self, loader, epochs):
+        """One pass over ``loader``; returns the history row.
+
+        No value of a batch is read on the host while training on a GPU: the running loss,
+        the correct count and a non-finite-loss flag stay on the device, the optimizer reads
+        the flag there (``optimizer.found_inf``) and leaves the weights untouched once a
+        loss was not finite, and the flag is read with the running totals at
+        :meth:`_EpochStats.read` points: after every batch on the CPU (free there, and it
+        stops before the bad batch's backward pass, as always), otherwise at the end of the
+        epoch and at the progress bar's refreshes (at most ``BAR_READS`` per epoch).
+        """
         model, loss_fn, optimizer = self.model, self.loss_fn, self.optimizer
         model.train()
-        total_loss, total, correct = 0.0, 0, 0
-        hits = None   # correct predictions so far, kept where the outputs live (read once)
-        bar = _progress(len(loader), f"epoch {self.epoch}/{epochs}", not self.quiet)
+        n_batches = len(loader)
+        bar = _progress(n_batches, f"epoch {self.epoch}/{epochs}", not self.quiet)
+        bar_every = max(1, -(-n_batches // BAR_READS))
+        stats = None
         start = time.perf_counter()
         try:
             for batch, (x, y) in enumerate(loader, start=1):
                 out = model(x)
                 target = x if self.task == "reconstruction" else y
-                loss = float(loss_fn(out, target))
-                if not math.isfinite(loss):
-                    raise NonFiniteLossError(
-                        f"non-finite loss ({loss}) at epoch {self.epoch}, batch {batch} of "
-                        f"{len(loader)}: training stopped before updating the weights with "
-                        f"it; nothing from this epoch was saved (try a lower learning rate)")
+                loss = loss_fn(out, target)
+                if stats is None:
+                    stats = _EpochStats(kernels.device_of(out), optimizer)
+                stats.add(batch, loss, len(x),
+                          out if self.task == "classification" else None, y)
+                if stats.read_each_batch or (bar is not None and batch % bar_every == 0):
+                    self._raise_if_non_finite(stats.read(), n_batches)
                 optimizer.zero_grad()
-                model.backward(loss_fn.backward())
+                # The input is data: the first layer skips its input gradient.
+                call_backward(model, loss_fn.backward(), input_grad=False)
                 optimizer.step()
-                n = len(x)
-                total_loss += loss * n
-                total += n
-                if self.task == "classification":
-                    xp = kernels.array_module(kernels.device_of(out))
-                    batch_hits = (xp.argmax(out, axis=1) == y).sum()
-                    hits = batch_hits if hits is None else hits + batch_hits
                 if bar is not None:
                     bar.update(1)
-                    bar.set_postfix(loss=f"{total_loss / total:.4f}", refresh=False)
+                    if stats.host is not None:
+                        bar.set_postfix(loss=f"{stats.host['loss'] / stats.host['total']:.4f}",
+                                        refresh=False)
         finally:
             if bar is not None:
                 bar.close()
+            if stats is not None:
+                stats.release()
         # Checks a GPU kept on the device (label ranges, say) are read once per epoch.
         kernels.check_errors()
-        if hits is not None:
-            correct = int(kernels.to_host(hits))
+        host = {"loss": 0.0, "correct": 0, "total": 0} if stats is None else stats.read()
+        self._raise_if_non_finite(host, n_batches)
+        total_loss, total, correct = host["loss"], host["total"], host["correct"]
         if self.comm is not None and self.comm.size > 1:
             from .distributed import allreduce_values
             total_loss, total, correct = allreduce_values(
@@ -540,6 +633,14 @@ class Trainer:
             row["train_accuracy"] = correct / max(total, 1)
         row["train_seconds"] = time.perf_counter() - start
         return row
+
+    def _raise_if_non_finite(self, host, n_batches):
+        if host.get("bad_batch") is not None:
+            raise NonFiniteLossError(
+                f"non-finite loss ({host['bad_loss']}) at epoch {self.epoch}, batch "
+                f"{host['bad_batch']} of {n_batches}: training stopped before updating the "
+                f"weights with it; nothing from this epoch was saved (try a lower learning "
+                f"rate)")
 
     def fit(self, train_loader, val_loader=None, epochs=10, resume=None):
         """Train until ``epochs`` epochs are done in total (or early stopping); returns history.

@@ -17,6 +17,13 @@ torch's implementation switches ``foreach``, ``fused`` and ``capturable`` are ke
 groups (so the layouts match) and accepted: every step here is one fused kernel per parameter
 whatever they say.  ``capturable=True`` (CUDA-graph capture) and ``differentiable=True``
 (autograd through the step) have no counterpart and raise NotImplementedError.
+
+``optimizer.found_inf`` (None by default; the attribute torch's fused optimizers read when a
+``GradScaler`` sets it): a 1-element array on the parameters' device.  While it is nonzero,
+``step()`` leaves every parameter and buffer untouched, and on a GPU the kernels read it
+there, so a step guarded by a flag computed on the device needs no host round trip (the
+Trainer's non-finite-loss guard).  Host-side counters (``step``, SGD's first step) still
+count a skipped step: the flag is meant to stop a run at its next read, not to be resumed.
 """
 from __future__ import annotations
 
@@ -85,6 +92,7 @@ class Optimizer:
     def __init__(self, params, defaults):
         self.defaults = dict(defaults)
         self.state = {}  # Parameter -> dict of buffers and counters
+        self.found_inf = None  # a device flag: skip the updates while nonzero (see above)
         self.param_groups = []
         if isinstance(params, Parameter):
             raise TypeError("params argument given to the optimizer should be an iterable of "
@@ -289,7 +297,7 @@ class SGD(Optimizer):
             state["momentum_buffer"] = buf
         K.sgd_step(p.data, p.grad, buf if momentum != 0 else None, group["lr"], momentum,
                    group["dampening"], group["weight_decay"], group["nesterov"], first,
-                   group["maximize"])
+                   group["maximize"], found_inf=getattr(self, "found_inf", None))
 
 
 class Adam(Optimizer):
@@ -329,7 +337,8 @@ class Adam(Optimizer):
         K.adam_step(p.data, p.grad, state["exp_avg"], state["exp_avg_sq"],
                     state.get("max_exp_avg_sq"), state["step"], group["lr"], beta1, beta2,
                     group["eps"], group["weight_decay"], group["decoupled_weight_decay"],
-                    group["amsgrad"], group["maximize"])
+                    group["amsgrad"], group["maximize"],
+                    found_inf=getattr(self, "found_inf", None))
 
 
 class AdamW(Adam):
@@ -383,7 +392,7 @@ class RMSprop(Optimizer):
         K.rmsprop_step(p.data, p.grad, state["square_avg"], state.get("grad_avg"),
                        state.get("momentum_buffer"), group["lr"], group["alpha"], group["eps"],
                        group["weight_decay"], group["momentum"], group["centered"],
-                       group["maximize"])
+                       group["maximize"], found_inf=getattr(self, "found_inf", None))
 
 
 class Adagrad(Optimizer):
@@ -425,4 +434,4 @@ class Adagrad(Optimizer):
         state["step"] += 1
         K.adagrad_step(p.data, p.grad, state["sum"], state["step"], group["lr"],
                        group["lr_decay"], group["weight_decay"], group["eps"],
-                       group["maximize"])
+                       group["maximize"], found_inf=getattr(self, "found_inf", None))

@@ -157,3 +157,145 @@ def test_deferred_checks_are_bounded(monkeypatch):
         assert count.to_host == 0 and len(D._deferred) == 3
         K.cross_entropy_forward(logits, good)   # the fourth reads all four in one transfer
         assert count.to_host == 1 and D._deferred == []
+
+
+# ---------------------------------------------------------------- a whole Trainer epoch
+def _model(name):
+    nn.manual_seed(0)
+    if name == "lenet5":
+        return LeNet5(1, 3, input_size=8), nn.CrossEntropyLoss(), "classification", 1
+    if name == "smallvgg":
+        model = SmallVGG(1, 3, input_size=8, widths=(4, 8), batch_norm=True, dropout=0.5)
+        return model, nn.CrossEntropyLoss(), "classification", 1
+    # the UNet reconstructs its input (gaussian_images are in [0, 1])
+    return UNet(1, 1, base=4, depth=1, batch_norm=True), nn.BCEWithLogitsLoss(), \
+        "reconstruction", 1
+
+
+def _loader(n, batch_size=2):
+    from nn import data
+    return data.DataLoader(data.gaussian_images(n=n, num_classes=3, size=8, seed=1),
+                           batch_size=batch_size, device="cuda")
+
+
+@pytest.mark.parametrize("name", ["lenet5", "smallvgg", "unet"])
+def test_a_trainer_epoch_reads_nothing_per_batch(name):
+    """Over a Trainer.fit epoch the only host-to-device copies are the batches (x and y
+    from the loader) and the device-to-host reads are a fixed number per epoch, whatever
+    the number of batches: the epoch's totals (one read), plus the label checks deferred
+    by cross-entropy (one read, classification only)."""
+    per_epoch = {"lenet5": 2, "smallvgg": 2, "unet": 1}[name]
+    model, loss_fn, task, _ = _model(name)
+    model.to("cuda")
+    trainer = nn.train.Trainer(model, loss_fn, nn.optim.SGD(model.parameters(), lr=0.01,
+                                                            momentum=0.9),
+                               task=task, quiet=True)
+    trainer.fit(_loader(2), epochs=1)       # lazily created state (momentum buffers...)
+    for epochs, batches in ((2, 1), (3, 3)):
+        with K.strict_transfers() as count:
+            history = trainer.fit(_loader(2 * batches), epochs=epochs)
+        assert count.to_device == 2 * batches, (batches, count)
+        assert count.to_host == per_epoch, (batches, count)
+        assert np.isfinite(history[-1]["train_loss"])
+        if task == "classification":
+            assert 0.0 <= history[-1]["train_accuracy"] <= 1.0
+
+
+def _params(model):
+    return {k: K.to_host(v).copy() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("bad_batch", [1, 2])
+def test_a_nan_loss_on_the_device_leaves_the_weights_untouched(bad_batch):
+    from nn import data
+    from nn.train import NonFiniteLossError
+
+    ds = data.gaussian_images(n=6, num_classes=3, size=8, seed=1)
+    ds.x[2 * bad_batch - 1, 0, 0, 0] = np.nan
+    model, loss_fn, task, _ = _model("lenet5")
+    model.to("cuda")
+    opt = nn.optim.Adam(model.parameters(), lr=0.01)
+    trainer = nn.train.Trainer(model, loss_fn, opt, task=task, quiet=True)
+    # The same start, trained only on the batches before the bad one.
+    twin, _, _, _ = _model("lenet5")
+    twin.to("cuda")
+    if bad_batch > 1:
+        good = data.ArrayDataset(ds.x[:2 * (bad_batch - 1)], ds.y[:2 * (bad_batch - 1)])
+        nn.train.Trainer(twin, loss_fn, nn.optim.Adam(twin.parameters(), lr=0.01), task=task,
+                         quiet=True).fit(data.DataLoader(good, batch_size=2, device="cuda"),
+                                         epochs=1)
+    expected = _params(twin)
+    with K.strict_transfers() as count:
+        with pytest.raises(NonFiniteLossError, match=rf"\(nan\) at epoch 1, batch "
+                                                     rf"{bad_batch} of 3"):
+            trainer.fit(data.DataLoader(ds, batch_size=2, device="cuda"), epochs=1)
+    assert count.to_host == 2               # read at the end of the epoch, not per batch
+    got = _params(model)
+    for k in expected:
+        np.testing.assert_array_equal(got[k], expected[k], err_msg=k)
+    assert opt.found_inf is None            # the trainer's flag does not outlive the epoch
+
+
+@pytest.mark.parametrize("kind", ["sgd", "adam", "rmsprop", "adagrad"])
+def test_optimizer_kernels_skip_on_a_device_flag(kind):
+    rng = np.random.default_rng(4)
+    p0 = rng.standard_normal(10).astype(np.float32)
+    g = _dev(rng.standard_normal(10).astype(np.float32))
+    # square averages above any gradient average squared (RMSprop centered takes a sqrt)
+    bufs = [_dev((2 + rng.random(10)).astype(np.float32))] + [
+        _dev((0.5 * rng.random(10)).astype(np.float32)) for _ in range(2)]
+
+    def step(p, found_inf):
+        if kind == "sgd":
+            K.sgd_step(p, g, bufs[0], 0.1, momentum=0.9, found_inf=found_inf)
+        elif kind == "adam":
+            K.adam_step(p, g, bufs[0], bufs[1], bufs[2], 1, 0.1, amsgrad=True,
+                        found_inf=found_inf)
+        elif kind == "rmsprop":
+            K.rmsprop_step(p, g, bufs[0], bufs[1], bufs[2], 0.1, momentum=0.9, centered=True,
+                           found_inf=found_inf)
+        else:
+            K.adagrad_step(p, g, bufs[0], 1, 0.1, found_inf=found_inf)
+
+    before = [K.to_host(b).copy() for b in bufs]
+    p = _dev(p0)
+    with K.strict_transfers() as count:
+        step(p, _dev(np.ones(1, np.float32)) > 0)        # a device bool flag, set
+    assert count.to_host == 0 and count.to_device == 1  # the flag's own upload only
+    np.testing.assert_array_equal(K.to_host(p), p0)
+    for b, b0 in zip(bufs, before):
+        np.testing.assert_array_equal(K.to_host(b), b0)
+    step(p, _dev(np.zeros(1, np.float32)))             # clear: the update happens
+    assert not np.array_equal(K.to_host(p), p0)
+    with pytest.raises(ValueError, match=r"found_inf: expected an array on the parameter's "
+                                         r"device \(cuda\), got one on cpu"):
+        step(p, np.zeros(1, np.float32))
+    with pytest.raises(ValueError, match=r"found_inf: expected a 1-element array, got shape "
+                                         r"\(2,\)"):
+        step(p, _dev(np.zeros(2, np.float32)))
+
+
+def test_the_progress_bar_reads_at_most_bar_reads_times_per_epoch(monkeypatch):
+    import io
+    import sys
+
+    pytest.importorskip("tqdm")
+    from nn import data
+    from nn.train import BAR_READS
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    nn.manual_seed(0)
+    model = nn.Sequential(nn.Linear(2, 2)).to("cuda")
+    batches = 4 * BAR_READS
+    loader = data.DataLoader(data.blobs(n=batches, num_classes=2, seed=0), batch_size=1,
+                             device="cuda")
+    trainer = nn.train.Trainer(model, nn.MSELoss(), nn.optim.SGD(model.parameters(), lr=0.01),
+                               task="reconstruction", log=lambda line: None)
+    trainer.fit(loader, epochs=1)
+    with K.strict_transfers() as count:
+        trainer.fit(loader, epochs=2)
+    assert count.to_host == BAR_READS + 1   # the bar's refreshes and the epoch's end
+    assert "loss=" in sys.stderr.getvalue()

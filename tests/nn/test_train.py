@@ -8,6 +8,7 @@ import sys
 import numpy as np
 import pytest
 
+import kernels as K
 import nn
 from nn import data, plots
 from nn.train import (CHECKPOINT_NAME, LEGACY_CHECKPOINT_NAME, NonFiniteLossError, Trainer,
@@ -204,7 +205,17 @@ def test_reconstruction_task_and_plateau_schedule():
 
 
 @pytest.mark.cuda
+@pytest.mark.skipif(not K.SIMULATOR, reason="strict_transfers() is a simulator mode")
+def test_cuda_tests_here_run_in_strict_transfer_mode(cuda_device):
+    assert K.device._strict is not None     # tests/nn/conftest.py
+    with pytest.raises(K.ImplicitTransferError):
+        float(K.to_device(np.ones(1), cuda_device).sum())
+
+
+@pytest.mark.cuda
 def test_fit_on_the_cuda_device_matches_the_cpu(cuda_device, tmp_path):
+    """Also the validation pass (evaluate) and the checkpoint's finiteness check: in strict
+    mode on the simulator (tests/nn/conftest.py), neither reads the device implicitly."""
     # Tiny on purpose: under the simulator every GPU thread is a Python thread.
     ds = data.blobs(n=16, num_classes=3, seed=0)
     results = {}
@@ -242,3 +253,52 @@ def test_plots_write_pngs(tmp_path):
         assert open(f, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(ValueError, match="input_shape"):
         plots.plot_filters(rng.standard_normal((4, 10)), tmp_path / "x.png", input_shape=(1, 8, 8))
+
+
+@pytest.mark.parametrize("name", ["SGD", "Adam", "AdamW", "RMSprop", "Adagrad"])
+def test_optimizer_found_inf_skips_every_update(name):
+    """The flag the trainer guards steps with: while ``found_inf`` is nonzero, step() leaves
+    parameters and buffers as they were; cleared, the same step updates them."""
+    model = make_model(0, dropout=False)
+    options = {"momentum": 0.9} if name in ("SGD", "RMSprop") else {}
+    opt = getattr(nn.optim, name)(model.parameters(), lr=0.1, **options)
+    for p in model.parameters():
+        p.grad = np.ones_like(p.data)
+    opt.step()                                    # buffers exist and are nonzero now
+    before = params(model)
+    buffers = {id(p): {k: np.array(v) for k, v in s.items() if isinstance(v, np.ndarray)}
+               for p, s in opt.state.items()}
+    opt.found_inf = np.array([np.inf], np.float32)
+    opt.step()
+    for k, v in params(model).items():
+        np.testing.assert_array_equal(v, before[k], err_msg=k)
+    for p, s in opt.state.items():
+        for k, v in buffers[id(p)].items():
+            np.testing.assert_array_equal(s[k], v, err_msg=k)
+    opt.found_inf = np.zeros(1, np.float32)
+    opt.step()
+    assert any(not np.array_equal(v, before[k]) for k, v in params(model).items())
+
+
+def test_non_finite_loss_guard_with_an_optimizer_of_ones_own(tmp_path):
+    """An optimizer whose update ignores ``found_inf`` still never applies a NaN loss's
+    gradients: the trainer reads the flag before each of its steps instead."""
+    class Plain(nn.optim.Optimizer):
+        def __init__(self, params, lr):
+            super().__init__(params, {"lr": lr})
+
+        def _check_group(self, group):
+            pass
+
+        def _update(self, p, state, group):
+            p.data -= group["lr"] * p.grad
+
+    model = make_model(0, dropout=False)
+    ds = data.blobs(n=60, num_classes=3, seed=0)
+    ds.x[5, 0] = np.nan                           # the first batch
+    before = params(model)
+    with pytest.raises(NonFiniteLossError, match=r"epoch 1, batch 1 of 6"):
+        Trainer(model, nn.CrossEntropyLoss(), Plain(model.parameters(), 0.1),
+                quiet=True).fit(data.DataLoader(ds, batch_size=10), epochs=1)
+    for k, v in params(model).items():
+        np.testing.assert_array_equal(v, before[k], err_msg=k)
