@@ -131,7 +131,7 @@ def test_summary(capsys):
     (["train", "--bogus"], 2, "unrecognized arguments: --bogus (valid options: --batch-size"),
     (["train", "--epochs", "0"], 2, "expected a positive int"),
     (["train", "--lr", "abc"], 2, "expected a positive float"),
-    (["train", "--optimizer", "rmsprop"], 2, "invalid choice: 'rmsprop' (choose from"),
+    (["train", "--optimizer", "lbfgs"], 2, "invalid choice: 'lbfgs' (choose from"),
     (["train", "--schedule", "linear"], 2, "warmup-cosine"),
     (["summary"], 2, "required: --model"),
     (["train", "--dataset", "/no/such/data.npz"], 1, "/no/such/data.npz: file not found"),
