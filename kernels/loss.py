@@ -70,6 +70,18 @@ def _cross_entropy_cpu(losses, grad, x, labels, smoothing, scale):
             grad[n, k] = (grad[n, k] / s - q) * scale
 
 
+@cuda.jit(device=True, inline=True)
+def _write_row_loss_cuda(losses, m_out, s_out, x, labels, smoothing, n, m, s, shifted):
+    """Row n's loss from its maximum m, sum s of exp(x - m) and sum of (x - m); keeps m, s."""
+    K = x.shape[1]
+    # Clamped: a bad label is reported by the deferred check, never read out of bounds.
+    label = min(max(labels[n], 0), K - 1)
+    loss = math.log(s) - (x.dtype.type(1) - smoothing) * (x[n, label] - m)
+    losses[n] = loss - smoothing / x.dtype.type(K) * shifted
+    m_out[n] = m
+    s_out[n] = s
+
+
 @cuda.jit(cache=True)
 def _cross_entropy_rows_cuda(losses, m_out, s_out, x, labels, smoothing):
     n = cuda.grid(1)
@@ -84,12 +96,7 @@ def _cross_entropy_rows_cuda(losses, m_out, s_out, x, labels, smoothing):
         for k in range(K):
             s += math.exp(x[n, k] - m)
             shifted += x[n, k] - m
-        # Clamped: a bad label is reported by the deferred check, never read out of bounds.
-        label = min(max(labels[n], 0), K - 1)
-        loss = math.log(s) - (x.dtype.type(1) - smoothing) * (x[n, label] - m)
-        losses[n] = loss - smoothing / x.dtype.type(K) * shifted
-        m_out[n] = m
-        s_out[n] = s
+        _write_row_loss_cuda(losses, m_out, s_out, x, labels, smoothing, n, m, s, shifted)
 
 
 @cuda.jit(cache=True)
@@ -109,12 +116,7 @@ def _cross_entropy_finish_cuda(losses, m_out, s_out, pm, ps, pt, x, labels, smoo
             # of them): re-centre it on the row's maximum m.
             count = q + 1 if j < r else q
             shifted += pt[n, j] + x.dtype.type(count) * (pm[n, j] - m)
-        # Clamped: a bad label is reported by the deferred check, never read out of bounds.
-        label = min(max(labels[n], 0), K - 1)
-        loss = math.log(s) - (x.dtype.type(1) - smoothing) * (x[n, label] - m)
-        losses[n] = loss - smoothing / x.dtype.type(K) * shifted
-        m_out[n] = m
-        s_out[n] = s
+        _write_row_loss_cuda(losses, m_out, s_out, x, labels, smoothing, n, m, s, shifted)
 
 
 @cuda.jit(cache=True)

@@ -7,6 +7,7 @@ import warnings
 import numba
 import numpy as np
 import pytest
+from float32_grid import float32_grid
 from hypothesis import given, settings, strategies as st
 from hypothesis.extra import numpy as hnp
 from scipy.special import erfc
@@ -534,15 +535,7 @@ def test_prelu_cpu_matches_cuda(channels, cuda_device, dtype, rng):
 # ---------------------------------------------------------------- float32 accuracy
 @pytest.fixture(scope="module")
 def grid32():
-    """About 2 million float32 inputs, as in test_fastmath.py."""
-    rng = np.random.default_rng(0)
-    magnitudes = np.exp(rng.uniform(math.log(1e-30), math.log(1e4), 500_000))
-    return np.concatenate([
-        np.linspace(-30, 30, 1_000_001),
-        magnitudes * rng.choice([-1.0, 1.0], magnitudes.size),
-        rng.standard_normal(500_000) * 3,
-        [0.0, -0.0, 88.0, -88.0, 100.0, -100.0, 1e4, -1e4],
-    ]).astype(np.float32)
+    return float32_grid()
 
 
 def _ulps(got, exact, scale, x):

@@ -13,6 +13,7 @@ import math
 
 import numpy as np
 import pytest
+from float32_grid import float32_grid
 from numba import njit
 from scipy.special import erfc, expit
 
@@ -24,14 +25,7 @@ F32 = np.float32
 
 @pytest.fixture(scope="module")
 def x():
-    rng = np.random.default_rng(0)
-    magnitudes = np.exp(rng.uniform(math.log(1e-30), math.log(1e4), 500_000))
-    return np.concatenate([
-        np.linspace(-30, 30, 1_000_001),
-        magnitudes * rng.choice([-1.0, 1.0], magnitudes.size),
-        rng.standard_normal(500_000) * 3,
-        [0.0, -0.0, 88.0, -88.0, 100.0, -100.0, 1e4, -1e4],
-    ]).astype(F32)
+    return float32_grid()
 
 
 def ulps(got, exact, scale=None):
